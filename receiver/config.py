@@ -1,0 +1,315 @@
+"""The configuration file: one TOML document, validated whole by marshmallow at start-up.
+
+One receiver serves many Paheko organisations ("sources"). Each source has the webhook
+credentials its module uses, the Paheko API key used to re-read sessions, its time zone,
+and (later sections) its mapping to Recyclic and its sink.
+
+Secrets are given inline (development), as ``{env = "NAME"}`` or as ``{file = "/path"}``
+(production). They become :class:`Secret` objects that never print their value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
+
+CONFIG_ENV = "PAHEKO_RECYCLIC_CONFIG"
+WEBHOOK_CREDENTIAL = re.compile(r"^[A-Za-z0-9]+$")
+SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class ConfigError(Exception):
+    """The configuration file cannot be used; ``problems`` lists every reason, one per line."""
+
+    def __init__(self, path: str | os.PathLike | None, problems: list[str]):
+        self.path = path
+        self.problems = problems
+        where = f" in {path}" if path else ""
+        super().__init__(f"{len(problems)} problem(s){where}:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class Secret:
+    """A secret value that refuses to show itself in logs, reprs, tracebacks or error bodies."""
+
+    __slots__ = ("_value", "origin")
+
+    def __init__(self, value: str, origin: str = "inline"):
+        self._value = value
+        self.origin = origin
+
+    def reveal(self) -> str:
+        """The value itself: call this only where it leaves for its destination."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret(<{self.origin}>)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class SecretField(fields.Field):
+    """A string, ``{env = "NAME"}`` or ``{file = "/path"}``; deserialises to a :class:`Secret`."""
+
+    default_error_messages = {
+        "invalid": 'must be a string, {env = "NAME"} or {file = "/path"}',
+        "empty": "must not be empty",
+        "env_missing": "environment variable {name} is not set",
+        "file_missing": "cannot read secret file {path}: {reason}",
+    }
+
+    def _deserialize(self, value: Any, attr, data, **kwargs) -> Secret:
+        if isinstance(value, str):
+            secret = Secret(value, "inline")
+        elif isinstance(value, dict) and set(value) == {"env"} and isinstance(value["env"], str):
+            name = value["env"]
+            if name not in os.environ:
+                raise self.make_error("env_missing", name=name)
+            secret = Secret(os.environ[name], f"env {name}")
+        elif isinstance(value, dict) and set(value) == {"file"} and isinstance(value["file"], str):
+            path = Path(value["file"]).expanduser()
+            try:
+                text = path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise self.make_error("file_missing", path=path, reason=exc.strerror or exc) from None
+            secret = Secret(text, f"file {path}")
+        else:
+            raise self.make_error("invalid")
+        if not secret.reveal():
+            raise self.make_error("empty")
+        return secret
+
+
+class TimeZoneField(fields.String):
+    """An IANA time zone name such as ``Europe/Paris``."""
+
+    def _deserialize(self, value, attr, data, **kwargs) -> ZoneInfo:
+        name = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValidationError(f"unknown time zone {name!r} (expected a name like Europe/Paris)") from None
+
+
+def _check_webhook_credential(value: str | Secret) -> None:
+    text = value.reveal() if isinstance(value, Secret) else value
+    if not WEBHOOK_CREDENTIAL.match(text):
+        raise ValidationError(
+            "use letters and digits only: Paheko puts webhook credentials unencoded in a URL"
+        )
+
+
+def _check_http_url(value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValidationError("must be an http(s) URL such as https://paheko.example.org")
+
+
+@dataclass(frozen=True)
+class WebhookCredential:
+    user: str
+    password: Secret
+
+
+@dataclass(frozen=True)
+class PahekoApi:
+    """How the receiver re-reads a source through Paheko's ``/api/sql``."""
+
+    url: str
+    api_user: str
+    api_password: Secret
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    first_session: int = 1
+
+
+@dataclass(frozen=True)
+class Source:
+    """One Paheko organisation sending its caisse sessions."""
+
+    name: str
+    timezone: ZoneInfo
+    webhook: tuple[WebhookCredential, ...]
+    paheko: PahekoApi
+
+
+@dataclass(frozen=True)
+class ReceiverSettings:
+    ledger_url: str
+    max_body_bytes: int = 64 * 1024
+    auth_failure_limit: int = 10
+    auth_failure_window: float = 60.0
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    poll_interval: float = 60.0
+
+
+@dataclass(frozen=True)
+class Config:
+    receiver: ReceiverSettings
+    worker: WorkerSettings
+    sources: dict[str, Source] = field(default_factory=dict)
+    path: Path | None = None
+
+    def source_for_webhook_user(self, user: str) -> Source | None:
+        """The source whose module logs in as ``user`` (user names are unique across sources)."""
+        for source in self.sources.values():
+            if any(cred.user == user for cred in source.webhook):
+                return source
+        return None
+
+
+class _Strict(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class WebhookCredentialSchema(_Strict):
+    user = fields.String(required=True, validate=_check_webhook_credential)
+    password = SecretField(required=True, validate=_check_webhook_credential)
+
+    @post_load
+    def make(self, data, **kwargs) -> WebhookCredential:
+        return WebhookCredential(**data)
+
+
+class WebhookSchema(WebhookCredentialSchema):
+    """The module's credentials, plus the previous ones still accepted during a rotation."""
+
+    previous = fields.List(fields.Nested(WebhookCredentialSchema), load_default=list)
+
+    @post_load
+    def make(self, data, **kwargs) -> tuple[WebhookCredential, ...]:
+        return (WebhookCredential(data["user"], data["password"]), *data["previous"])
+
+
+class PahekoApiSchema(_Strict):
+    url = fields.String(required=True, validate=_check_http_url)
+    api_user = fields.String(required=True, validate=validate.Length(min=1))
+    api_password = SecretField(required=True)
+    connect_timeout = fields.Float(load_default=5.0, validate=validate.Range(min=0.1, max=60))
+    read_timeout = fields.Float(load_default=30.0, validate=validate.Range(min=0.1, max=600))
+    first_session = fields.Integer(load_default=1, strict=True, validate=validate.Range(min=1))
+
+    @post_load
+    def make(self, data, **kwargs) -> PahekoApi:
+        data["url"] = data["url"].rstrip("/")
+        return PahekoApi(**data)
+
+
+class SourceSchema(_Strict):
+    timezone = TimeZoneField(load_default="Europe/Paris")
+    webhook = fields.Nested(WebhookSchema, required=True)
+    paheko = fields.Nested(PahekoApiSchema, required=True)
+
+
+class ReceiverSettingsSchema(_Strict):
+    ledger = fields.String(load_default=None)
+    max_body_bytes = fields.Integer(load_default=64 * 1024, strict=True, validate=validate.Range(min=1024))
+    auth_failure_limit = fields.Integer(load_default=10, strict=True, validate=validate.Range(min=1))
+    auth_failure_window = fields.Float(load_default=60.0, validate=validate.Range(min=1))
+
+
+class WorkerSettingsSchema(_Strict):
+    poll_interval = fields.Float(load_default=60.0, validate=validate.Range(min=1))
+
+    @post_load
+    def make(self, data, **kwargs) -> WorkerSettings:
+        return WorkerSettings(**data)
+
+
+class ConfigSchema(_Strict):
+    receiver = fields.Nested(ReceiverSettingsSchema, load_default=dict)
+    worker = fields.Nested(WorkerSettingsSchema, load_default=dict)
+    sources = fields.Dict(
+        keys=fields.String(validate=validate.Regexp(SOURCE_NAME, error="source names use a-z, 0-9, - and _")),
+        values=fields.Nested(SourceSchema),
+        required=True,
+        validate=validate.Length(min=1, error="declare at least one [sources.NAME] table"),
+    )
+
+    @validates_schema
+    def webhook_users_are_unique(self, data, **kwargs):
+        seen: dict[str, str] = {}
+        for name, source in data.get("sources", {}).items():
+            for cred in source["webhook"]:
+                if cred.user in seen and seen[cred.user] != name:
+                    raise ValidationError(
+                        f"webhook user {cred.user!r} is used by sources {seen[cred.user]!r} and {name!r}: "
+                        "it identifies the source, so it must be unique",
+                        "sources",
+                    )
+                seen[cred.user] = name
+
+
+def _flatten(messages: Any, prefix: str = "") -> list[str]:
+    """Turn marshmallow's nested error dict into 'a.b.c: message' lines."""
+    if isinstance(messages, dict):
+        out: list[str] = []
+        for key, value in messages.items():
+            label = prefix if key == "_schema" else (f"{prefix}.{key}" if prefix else str(key))
+            out.extend(_flatten(value, label))
+        return out
+    if isinstance(messages, list) and all(isinstance(m, str) for m in messages):
+        return [f"{prefix}: {m}" if prefix else m for m in messages]
+    if isinstance(messages, list):
+        return [line for m in messages for line in _flatten(m, prefix)]
+    return [f"{prefix}: {messages}"]
+
+
+def default_ledger_url(base: Path) -> str:
+    return f"sqlite:///{(base / 'ledger.sqlite').resolve()}"
+
+
+def parse_config(document: dict, path: Path | None = None) -> Config:
+    """Validate a parsed TOML document; raise :class:`ConfigError` listing every problem."""
+    try:
+        data = ConfigSchema().load(document)
+    except ValidationError as exc:
+        raise ConfigError(path, sorted(_flatten(exc.messages))) from None
+    base = path.parent if path else Path.cwd()
+    receiver = data["receiver"]
+    ledger = receiver.pop("ledger") or default_ledger_url(base)
+    if ledger.startswith("sqlite:///") and not ledger.startswith("sqlite:////"):
+        # Relative SQLite paths are relative to the configuration file, not the working directory.
+        ledger = f"sqlite:///{(base / ledger[len('sqlite:///'):]).resolve()}"
+    sources = {
+        name: Source(name=name, timezone=s["timezone"], webhook=s["webhook"], paheko=s["paheko"])
+        for name, s in data["sources"].items()
+    }
+    return Config(
+        receiver=ReceiverSettings(ledger_url=ledger, **receiver),
+        worker=data["worker"],
+        sources=sources,
+        path=path,
+    )
+
+
+def load_config(path: str | os.PathLike | None = None) -> Config:
+    """Read and validate the configuration from ``path`` or ``$PAHEKO_RECYCLIC_CONFIG``."""
+    chosen = path or os.environ.get(CONFIG_ENV)
+    if not chosen:
+        raise ConfigError(None, [f"no configuration file: pass --config FILE or set {CONFIG_ENV}"])
+    file = Path(chosen).expanduser()
+    try:
+        document = tomllib.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(file, [f"cannot read the file: {exc.strerror or exc}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(file, [f"not valid TOML: {exc}"]) from None
+    return parse_config(document, file.resolve())

@@ -1,0 +1,41 @@
+"""Serve a WSGI app on 127.0.0.1 in a background thread: real HTTP for tests, the demo and benches."""
+
+from __future__ import annotations
+
+import threading
+from types import TracebackType
+
+from werkzeug.serving import BaseWSGIServer, make_server
+
+
+class LocalServer:
+    """A threaded HTTP server on a loopback address; use as a context manager.
+
+    >>> with LocalServer(app) as server:
+    ...     httpx.get(server.url + "/healthz")
+    """
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
+        self._server: BaseWSGIServer = make_server(host, port, app, threaded=True)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="local-http", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> "LocalServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> "LocalServer":
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
