@@ -152,6 +152,7 @@ class ReceiverSettings:
     max_body_bytes: int = 64 * 1024
     auth_failure_limit: int = 10
     auth_failure_window: float = 60.0
+    trusted_proxies: int = 0
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,7 @@ class ReceiverSettingsSchema(_Strict):
     max_body_bytes = fields.Integer(load_default=64 * 1024, strict=True, validate=validate.Range(min=1024))
     auth_failure_limit = fields.Integer(load_default=10, strict=True, validate=validate.Range(min=1))
     auth_failure_window = fields.Float(load_default=60.0, validate=validate.Range(min=1))
+    trusted_proxies = fields.Integer(load_default=0, strict=True, validate=validate.Range(min=0, max=5))
 
 
 class WorkerSettingsSchema(_Strict):
@@ -262,7 +264,12 @@ def _flatten(messages: Any, prefix: str = "") -> list[str]:
     if isinstance(messages, dict):
         out: list[str] = []
         for key, value in messages.items():
-            label = prefix if key == "_schema" else (f"{prefix}.{key}" if prefix else str(key))
+            if key in ("_schema", "value"):  # "value": marshmallow's slot for a Dict entry's content
+                label = prefix
+            elif key == "key":
+                label = f"{prefix} (name)"
+            else:
+                label = f"{prefix}.{key}" if prefix else str(key)
             out.extend(_flatten(value, label))
         return out
     if isinstance(messages, list) and all(isinstance(m, str) for m in messages):

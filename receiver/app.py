@@ -1,0 +1,42 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from receiver.config import Config, load_config
+from receiver.intake.auth import FailureThrottle
+from receiver.ledger import Ledger
+from receiver.services import EXTENSION, Metrics, Services
+
+
+def create_app(config: Config | None = None) -> Flask:
+    """Build the receiver for ``config`` (default: the file named by ``$PAHEKO_RECYCLIC_CONFIG``).
+
+    The ledger is migrated here, so a receiver never serves on an outdated schema.
+    """
+    config = config or load_config()
+    app = Flask("receiver")
+    app.config.update(MAX_CONTENT_LENGTH=config.receiver.max_body_bytes, JSON_SORT_KEYS=False)
+    app.json.ensure_ascii = True  # \uXXXX escapes: safe whatever Paheko's PHP does with charsets
+    app.url_map.strict_slashes = False
+    app.url_map.merge_slashes = False  # merging would answer with a redirect
+    ledger = Ledger(config.receiver.ledger_url)
+    ledger.migrate()
+    app.extensions[EXTENSION] = Services(
+        config=config,
+        ledger=ledger,
+        throttle=FailureThrottle(config.receiver.auth_failure_limit, config.receiver.auth_failure_window),
+        metrics=Metrics(),
+    )
+    if config.receiver.trusted_proxies:
+        n = config.receiver.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)
+
+    from receiver import ops
+    from receiver.intake import routes
+
+    app.register_blueprint(routes.bp)
+    app.register_blueprint(ops.bp)
+    return app

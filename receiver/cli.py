@@ -1,0 +1,159 @@
+"""The ``paheko-recyclic`` command: a Flask CLI group holding the project's own commands.
+
+The configuration comes from ``--config FILE`` or ``$PAHEKO_RECYCLIC_CONFIG``. Flask's own commands
+(``run``, ``routes``, ``shell``) work on the same app.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import string
+import sys
+from importlib import resources
+from pathlib import Path
+
+import click
+from flask.cli import FlaskGroup, NoAppException, ScriptInfo
+
+from receiver import __version__
+from receiver.config import CONFIG_ENV, Config, ConfigError, load_config
+
+
+def _create_app():
+    from receiver.app import create_app
+
+    try:
+        return create_app()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+class ReceiverGroup(FlaskGroup):
+    """A FlaskGroup whose ``--help`` works without a configuration: the app adds no commands."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self.commands)
+
+
+def _remember_config(ctx: click.Context, _param, value: str | None) -> str | None:
+    if value:
+        os.environ[CONFIG_ENV] = str(Path(value).expanduser().resolve())
+    return value
+
+
+@click.group(
+    cls=ReceiverGroup,
+    create_app=_create_app,
+    add_version_option=False,
+    load_dotenv=False,
+    set_debug_flag=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+@click.option(
+    "--config",
+    metavar="FILE",
+    expose_value=False,
+    is_eager=True,
+    callback=_remember_config,
+    help=f"Configuration file (TOML). Default: ${CONFIG_ENV}. Create one with `paheko-recyclic init`.",
+)
+@click.version_option(__version__, "--version", prog_name="paheko-recyclic")
+def main() -> None:
+    """Carry closed Paheko caisse sessions to Recyclic, exactly once.
+
+    \b
+    Quick start:
+      paheko-recyclic init config.toml              write a commented configuration
+      paheko-recyclic --config config.toml check-config
+      paheko-recyclic --config config.toml run      serve the receiver (development server)
+      paheko-recyclic demo                          everything, locally, on bundled data
+    """
+
+
+def config_from_context() -> Config:
+    """Load the configuration for a command, turning problems into a readable CLI error."""
+    try:
+        return load_config()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def current_app_services():
+    """The services of the CLI's app (ledger, config), loading the app on first use."""
+    from receiver.services import EXTENSION
+
+    info = click.get_current_context().ensure_object(ScriptInfo)
+    return info.load_app().extensions[EXTENSION]
+
+
+def _token(length: int) -> str:
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def render_example_config(**values: str) -> str:
+    """The commented example configuration, with fresh webhook credentials unless given."""
+    template = resources.files("receiver").joinpath("example_config.toml").read_text(encoding="utf-8")
+    defaults = {
+        "webhook_user": "paheko" + _token(6).lower(),
+        "webhook_password": _token(32),
+        "paheko_url": "https://paheko.example.org",
+        "paheko_user": "recyclic-bridge",
+        "paheko_password": "change-me",
+    }
+    return string.Template(template).substitute({**defaults, **values})
+
+
+@main.command(with_appcontext=False)
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default="paheko-recyclic.toml")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(path: Path, force: bool) -> None:
+    """Write a commented example configuration to PATH (default: paheko-recyclic.toml).
+
+    The webhook password is freshly generated; copy it into the Paheko module's settings.
+    """
+    if path.exists() and not force:
+        raise click.ClickException(f"{path} exists already (use --force to overwrite it)")
+    path.write_text(render_example_config(), encoding="utf-8")
+    try:
+        path.chmod(0o600)
+    except OSError:
+        pass
+    click.echo(f"Wrote {path}. Edit it, then run: paheko-recyclic --config {path} check-config")
+
+
+@main.command("check-config", with_appcontext=False)
+def check_config() -> None:
+    """Validate the configuration and print every problem at once (exit 1 if any)."""
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        click.echo(f"Configuration {exc.path or ''} has {len(exc.problems)} problem(s):", err=True)
+        for problem in exc.problems:
+            click.echo(f"  - {problem}", err=True)
+        sys.exit(1)
+    click.echo(f"Configuration {config.path} is valid.")
+    click.echo(f"  ledger: {_redact_url(config.receiver.ledger_url)}")
+    for source in config.sources.values():
+        click.echo(
+            f"  source {source.name}: Paheko {source.paheko.url} (key {source.paheko.api_user}), "
+            f"webhook user {source.webhook[0].user}, time zone {source.timezone.key}"
+        )
+
+
+def _redact_url(url: str) -> str:
+    """A database URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _register_subcommands() -> None:
+    from receiver.commands import ledger, replay
+
+    main.add_command(ledger.ledger_group)
+    main.add_command(replay.replay)
+
+
+_register_subcommands()

@@ -1,0 +1,1 @@
+"""``paheko-recyclic`` sub-commands, one module per concern."""

@@ -1,0 +1,96 @@
+"""``paheko-recyclic ledger …``: look at (and act on) what the ledger holds."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, tzinfo
+
+import click
+
+from receiver.cli import current_app_services
+from receiver.ledger import Entry, State
+
+
+@click.group("ledger")
+def ledger_group() -> None:
+    """Inspect the ledger: every session the receiver knows and where it stands."""
+
+
+def _zone(source: str) -> tzinfo | None:
+    cfg = current_app_services().config.sources.get(source)
+    return cfg.timezone if cfg else None
+
+
+def local(moment: datetime | None, zone: tzinfo | None) -> str:
+    """A ledger time in the source's time zone (or the machine's), readable."""
+    if moment is None:
+        return "-"
+    return moment.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+@ledger_group.command("list")
+@click.option("--source", help="Only this source.")
+@click.option("--state", "states", multiple=True, type=click.Choice([s.value for s in State if s != State.UNKNOWN]),
+              help="Only entries in this state (repeatable).")
+@click.option("--limit", default=50, show_default=True, help="How many entries, most recent first.")
+def list_entries(source: str | None, states: tuple[str, ...], limit: int) -> None:
+    """List ledger entries, most recently changed first (times in each source's time zone)."""
+    entries = current_app_services().ledger.list(source=source, states=[State(s) for s in states], limit=limit)
+    if not entries:
+        click.echo("The ledger is empty." if not (source or states) else "No entry matches.")
+        return
+    rows = [
+        [str(e.id), e.source, str(e.session_id), e.state.value, local(e.created_at, _zone(e.source)),
+         local(e.updated_at, _zone(e.source)), str(e.attempts), (e.reason or "")[:60]]
+        for e in entries
+    ]
+    click.echo(table(["entry", "source", "session", "state", "first seen", "updated", "tries", "reason"], rows))
+
+
+def find_entry(ref: str, source: str | None) -> Entry:
+    """An entry by ledger id (``12``) or by ``SOURCE:SESSION`` (``lab:2``)."""
+    ledger = current_app_services().ledger
+    if ":" in ref:
+        name, _, session = ref.partition(":")
+        entry = ledger.get(name, int(session)) if session.isdigit() else None
+    elif source:
+        entry = ledger.get(source, int(ref)) if ref.isdigit() else None
+    else:
+        entry = ledger.get_by_id(int(ref)) if ref.isdigit() else None
+    if entry is None:
+        raise click.ClickException(f"no ledger entry {ref!r} (use an entry id, or SOURCE:SESSION such as lab:2)")
+    return entry
+
+
+@ledger_group.command("show")
+@click.argument("ref")
+@click.option("--source", help="Read REF as a Paheko session id of this source.")
+@click.option("--raw", is_flag=True, help="Also print the raw body of each notification.")
+def show(ref: str, source: str | None, raw: bool) -> None:
+    """Show one entry: state, reason, history and notifications. REF is an entry id or SOURCE:SESSION."""
+    svc = current_app_services()
+    entry = find_entry(ref, source)
+    zone = _zone(entry.source)
+    click.echo(f"Entry {entry.id}: source {entry.source}, Paheko session {entry.session_id}")
+    click.echo(f"  state:    {entry.state.value} ({entry.state.label})")
+    if entry.reason:
+        click.echo(f"  reason:   {entry.reason}")
+    if entry.last_error:
+        click.echo(f"  error:    {entry.last_error}")
+    click.echo(f"  origin:   {entry.origin}; tries {entry.attempts}; next try {local(entry.next_attempt_at, zone)}")
+    click.echo(f"  summary:  {json.dumps(entry.summary, ensure_ascii=False)}")
+    click.echo("History:")
+    for change in svc.ledger.history(entry.id):
+        arrow = f"{change['from_state'] or '∅'} → {change['to_state']}"
+        click.echo(f"  {local(change['at'], zone)}  {arrow}  {change['reason'] or ''}".rstrip())
+    click.echo("Notifications:")
+    for n in svc.ledger.notifications_of(entry.id):
+        click.echo(f"  {local(n['received_at'], zone)}  {n['origin']:<8} {n['outcome']:<9} from {n['remote_addr'] or '-'}")
+        if raw and n["raw_body"]:
+            click.echo(f"    {n['raw_body']}")

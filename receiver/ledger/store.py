@@ -1,0 +1,350 @@
+"""The durable ledger: every notification, every session's pipeline state, every state change.
+
+Writes are committed before the caller answers anyone. On SQLite the file runs in WAL mode with
+``synchronous=FULL`` and each write transaction starts with ``BEGIN IMMEDIATE`` so concurrent
+writers queue instead of failing; on PostgreSQL the same statements run unchanged.
+Work is claimed with a compare-and-set on ``claim_expires_at``: two workers, in one process or
+several, never hold the same entry, and a crashed worker's claim simply expires.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, create_engine, event, func, or_, select, text
+from sqlalchemy.exc import IntegrityError
+
+from receiver.ledger import tables as t
+from receiver.ledger.states import ACTIVE, State
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One Paheko session's place in the pipeline."""
+
+    id: int
+    source: str
+    session_id: int
+    state: State
+    reason: str | None
+    summary: dict
+    origin: str
+    created_at: datetime
+    updated_at: datetime
+    attempts: int
+    next_attempt_at: datetime | None
+    claimed_by: str | None
+    claim_expires_at: datetime | None
+    snapshot: dict | None
+    last_error: str | None
+
+    @classmethod
+    def from_row(cls, row) -> "Entry":
+        m = row._mapping
+        return cls(
+            id=m["id"], source=m["source"], session_id=m["session_id"], state=State(m["state"]),
+            reason=m["reason"], summary=json.loads(m["summary"] or "{}"), origin=m["origin"],
+            created_at=m["created_at"], updated_at=m["updated_at"], attempts=m["attempts"],
+            next_attempt_at=m["next_attempt_at"], claimed_by=m["claimed_by"],
+            claim_expires_at=m["claim_expires_at"],
+            snapshot=json.loads(m["snapshot"]) if m["snapshot"] else None, last_error=m["last_error"],
+        )
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What recording a notification did: ``outcome`` is new, duplicate or changed."""
+
+    entry: Entry
+    outcome: str
+
+    @property
+    def is_new(self) -> bool:
+        return self.outcome == "new"
+
+
+def _merge_summary(old: dict, new: dict) -> tuple[dict, bool]:
+    """Merge two summaries; ``changed`` when a figure present in both differs."""
+    changed = any(key in old and old[key] != value for key, value in new.items())
+    return {**old, **new}, changed
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+CHANGED_AFTER_FORWARD = (
+    "Les chiffres de cette session ont changé dans Paheko après sa transmission à Recyclic : "
+    "vérifiez la session dans Recyclic, puis libérez-la (paheko-recyclic ledger release)."
+)
+
+
+class Ledger:
+    """Access to the ledger database; one instance per process, safe to share between threads."""
+
+    def __init__(self, url: str, *, pool_size: int = 5):
+        self.url = url
+        self.engine = self._make_engine(url, pool_size)
+
+    @staticmethod
+    def _make_engine(url: str, pool_size: int) -> Engine:
+        if url.startswith("sqlite"):
+            path = url.split("///", 1)[1] if "///" in url else ""
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+            @event.listens_for(engine, "connect")
+            def _pragmas(dbapi_conn, _record):
+                dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=FULL")
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.execute("PRAGMA busy_timeout=30000")
+                cur.close()
+
+            @event.listens_for(engine, "begin")
+            def _begin(conn):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+            return engine
+        return create_engine(url, pool_size=pool_size, pool_pre_ping=True)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def migrate(self) -> tuple[int, int]:
+        with self.engine.begin() as conn:
+            return t.migrate(conn)
+
+    def check_writable(self) -> None:
+        """Raise if the ledger cannot take a write right now (used by /readyz)."""
+        with self.engine.begin() as conn:
+            conn.execute(t.meta.update().where(t.meta.c.key == "schema_version").values(value=t.meta.c.value))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # -- intake ----------------------------------------------------------------------------
+
+    def record_notification(
+        self,
+        source: str,
+        session_id: int,
+        summary: dict,
+        *,
+        origin: str,
+        raw_body: str | None = None,
+        event_id: str | None = None,
+        remote_addr: str | None = None,
+    ) -> Recorded:
+        """Store one notification and create or update its session's entry, atomically.
+
+        Idempotency key: (source, session_id). A duplicate leaves the entry as it is; a notification
+        whose figures differ from what was known is recorded as ``changed`` and sends the session
+        back to be re-read (or to a person, when it already reached Recyclic).
+        """
+        now = utcnow()
+        with self.engine.begin() as conn:
+            row = self._entry_row(conn, source, session_id)
+            if row is None:
+                try:
+                    with conn.begin_nested():
+                        entry_id = conn.execute(
+                            t.entries.insert().values(
+                                source=source, session_id=session_id, state=State.NOTIFIED.value,
+                                summary=_dump(summary), origin=origin, created_at=now, updated_at=now,
+                                attempts=0,
+                            )
+                        ).inserted_primary_key[0]
+                        self._log_change(conn, entry_id, None, State.NOTIFIED, None, now)
+                    outcome = "new"
+                except IntegrityError:  # a concurrent writer (PostgreSQL) created it first
+                    row = self._entry_row(conn, source, session_id)
+            if row is not None:
+                entry_id = row.id
+                merged, changed = _merge_summary(json.loads(row.summary or "{}"), summary)
+                outcome = "changed" if changed else "duplicate"
+                values: dict[str, Any] = {"summary": _dump(merged)}
+                if changed:
+                    values["updated_at"] = now
+                    current = State(row.state)
+                    if current == State.FORWARDED:
+                        self._set_state(conn, entry_id, current, State.HELD, CHANGED_AFTER_FORWARD, now, values)
+                    elif current in (State.SNAPSHOT, State.MAPPED, State.DEAD):
+                        reason = "Les chiffres annoncés ont changé : la session sera relue dans Paheko."
+                        values.update(next_attempt_at=None, snapshot=None)
+                        self._set_state(conn, entry_id, current, State.NOTIFIED, reason, now, values)
+                conn.execute(t.entries.update().where(t.entries.c.id == entry_id).values(**values))
+            conn.execute(
+                t.notifications.insert().values(
+                    entry_id=entry_id, received_at=now, origin=origin, outcome=outcome, event_id=event_id,
+                    remote_addr=remote_addr, summary=_dump(summary), raw_body=raw_body,
+                )
+            )
+            entry = Entry.from_row(conn.execute(select(t.entries).where(t.entries.c.id == entry_id)).one())
+        return Recorded(entry, outcome)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _entry_row(conn: Connection, source: str, session_id: int):
+        return conn.execute(
+            select(t.entries).where(t.entries.c.source == source, t.entries.c.session_id == session_id)
+        ).first()
+
+    def get(self, source: str, session_id: int) -> Entry | None:
+        with self.engine.connect() as conn:
+            row = self._entry_row(conn, source, session_id)
+        return Entry.from_row(row) if row else None
+
+    def get_by_id(self, entry_id: int) -> Entry | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.entries).where(t.entries.c.id == entry_id)).first()
+        return Entry.from_row(row) if row else None
+
+    def get_many(self, source: str, session_ids: Iterable[int]) -> dict[int, Entry]:
+        ids = sorted(set(session_ids))
+        if not ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.entries).where(t.entries.c.source == source, t.entries.c.session_id.in_(ids))
+            ).all()
+        return {row.session_id: Entry.from_row(row) for row in rows}
+
+    def known_session_ids(self, source: str, ids: Iterable[int]) -> set[int]:
+        return set(self.get_many(source, ids))
+
+    def list(
+        self,
+        *,
+        source: str | None = None,
+        states: Iterable[State] | None = None,
+        limit: int = 50,
+    ) -> list[Entry]:
+        query = select(t.entries).order_by(t.entries.c.updated_at.desc(), t.entries.c.id.desc()).limit(limit)
+        if source:
+            query = query.where(t.entries.c.source == source)
+        if states:
+            query = query.where(t.entries.c.state.in_([State(s).value for s in states]))
+        with self.engine.connect() as conn:
+            return [Entry.from_row(row) for row in conn.execute(query)]
+
+    def history(self, entry_id: int) -> list[dict]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.state_changes).where(t.state_changes.c.entry_id == entry_id).order_by(t.state_changes.c.id)
+            ).all()
+        return [dict(row._mapping) for row in rows]
+
+    def notifications_of(self, entry_id: int) -> list[dict]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.notifications).where(t.notifications.c.entry_id == entry_id).order_by(t.notifications.c.id)
+            ).all()
+        return [dict(row._mapping) for row in rows]
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Number of entries per (source, state)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.entries.c.source, t.entries.c.state, func.count()).group_by(t.entries.c.source, t.entries.c.state)
+            ).all()
+        return {(source, state): n for source, state, n in rows}
+
+    # -- worker side -----------------------------------------------------------------------
+
+    def claim(self, worker: str, *, lease: timedelta = timedelta(minutes=5), now: datetime | None = None,
+              source: str | None = None) -> Entry | None:
+        """Claim the oldest entry that is due, or ``None``. Safe across threads and processes."""
+        now = now or utcnow()
+        free = or_(t.entries.c.claim_expires_at.is_(None), t.entries.c.claim_expires_at < now)
+        due = and_(
+            t.entries.c.state.in_([s.value for s in ACTIVE]),
+            or_(t.entries.c.next_attempt_at.is_(None), t.entries.c.next_attempt_at <= now),
+            free,
+        )
+        if source:
+            due = and_(due, t.entries.c.source == source)
+        with self.engine.begin() as conn:
+            for (candidate,) in conn.execute(select(t.entries.c.id).where(due).order_by(t.entries.c.id).limit(5)):
+                taken = conn.execute(
+                    t.entries.update()
+                    .where(t.entries.c.id == candidate, free)
+                    .values(claimed_by=worker, claim_expires_at=now + lease)
+                ).rowcount
+                if taken == 1:
+                    return Entry.from_row(conn.execute(select(t.entries).where(t.entries.c.id == candidate)).one())
+        return None
+
+    def release_claim(self, entry_id: int, worker: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                t.entries.update()
+                .where(t.entries.c.id == entry_id, t.entries.c.claimed_by == worker)
+                .values(claimed_by=None, claim_expires_at=None)
+            )
+
+    def transition(
+        self,
+        entry_id: int,
+        to_state: State,
+        *,
+        reason: str | None = None,
+        expect: Iterable[State] | None = None,
+        **values: Any,
+    ) -> Entry:
+        """Move an entry to ``to_state`` (recording the change); ``expect`` guards the current state.
+
+        Extra keyword values are written to the entry in the same transaction (``snapshot`` is
+        serialised to JSON). Raises ``LookupError`` when the entry is not in an expected state.
+        """
+        now = utcnow()
+        if "snapshot" in values and values["snapshot"] is not None and not isinstance(values["snapshot"], str):
+            values["snapshot"] = _dump(values["snapshot"])
+        with self.engine.begin() as conn:
+            row = conn.execute(select(t.entries).where(t.entries.c.id == entry_id)).first()
+            if row is None:
+                raise LookupError(f"no ledger entry {entry_id}")
+            current = State(row.state)
+            if expect is not None and current not in set(expect):
+                raise LookupError(f"entry {entry_id} is {current.value}, not {', '.join(s.value for s in expect)}")
+            values = {"reason": reason, **values}
+            self._set_state(conn, entry_id, current, to_state, reason, now, values)
+            conn.execute(t.entries.update().where(t.entries.c.id == entry_id).values(**values))
+            return Entry.from_row(conn.execute(select(t.entries).where(t.entries.c.id == entry_id)).one())
+
+    @staticmethod
+    def _set_state(conn, entry_id, current: State, to_state: State, reason, now, values: dict) -> None:
+        values.update(state=to_state.value, updated_at=now, reason=reason)
+        if current != to_state:
+            Ledger._log_change(conn, entry_id, current, to_state, reason, now)
+
+    @staticmethod
+    def _log_change(conn, entry_id, from_state: State | None, to_state: State, reason, now) -> None:
+        conn.execute(
+            t.state_changes.insert().values(
+                entry_id=entry_id, at=now, from_state=from_state.value if from_state else None,
+                to_state=to_state.value, reason=reason,
+            )
+        )
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))

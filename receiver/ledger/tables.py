@@ -1,0 +1,135 @@
+"""The ledger's tables and forward-only migrations (SQLAlchemy Core: SQLite or PostgreSQL).
+
+Times are stored as naive UTC and handed back as aware UTC datetimes, so the same SQL runs on
+both back-ends. Each migration is a function applied once, in order, inside a transaction;
+``meta.schema_version`` records the last one applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    select,
+)
+from sqlalchemy.types import DateTime, TypeDecorator
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware datetimes in, aware UTC datetimes out; naive UTC in the database."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("the ledger only stores time-zone-aware datetimes")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect):
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+metadata = MetaData()
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+#: One row per (source, Paheko session): the session's place in the pipeline.
+entries = Table(
+    "entries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("source", String(64), nullable=False),
+    Column("session_id", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("reason", Text),  # French, for the admin, when held / failed / dead
+    Column("summary", Text, nullable=False, default="{}"),  # JSON: latest figures announced
+    Column("origin", String(16), nullable=False),  # module | poller | replay | backfill
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime),
+    Column("claimed_by", String(128)),
+    Column("claim_expires_at", UTCDateTime),
+    Column("snapshot", Text),  # JSON: the validated re-read of the session
+    Column("last_error", Text),
+    UniqueConstraint("source", "session_id", name="uq_entries_source_session"),
+)
+Index("ix_entries_state_next", entries.c.state, entries.c.next_attempt_at)
+
+#: Every accepted notification, raw body kept for replay.
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("entry_id", Integer, ForeignKey("entries.id"), nullable=False, index=True),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("origin", String(16), nullable=False),
+    Column("outcome", String(16), nullable=False),  # new | duplicate | changed
+    Column("event_id", String(80)),
+    Column("remote_addr", String(64)),
+    Column("summary", Text, nullable=False),
+    Column("raw_body", Text),
+)
+
+#: History of every state change, for people and audits.
+state_changes = Table(
+    "state_changes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("entry_id", Integer, ForeignKey("entries.id"), nullable=False, index=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("from_state", String(16)),
+    Column("to_state", String(16), nullable=False),
+    Column("reason", Text),
+)
+
+
+def _v1(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[meta, entries, notifications, state_changes])
+
+
+#: Forward migrations, in order. Never edit a released one: append a new function.
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def current_version(conn: Connection) -> int:
+    if not conn.dialect.has_table(conn, "meta"):
+        return 0
+    value = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+    return int(value) if value is not None else 0
+
+
+def migrate(conn: Connection) -> tuple[int, int]:
+    """Apply pending migrations; return (version before, version after)."""
+    before = current_version(conn)
+    if before > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"the ledger has schema version {before}, newer than this program's {SCHEMA_VERSION}: upgrade the program"
+        )
+    for version in range(before + 1, SCHEMA_VERSION + 1):
+        MIGRATIONS[version - 1](conn)
+        if version == 1:
+            conn.execute(meta.insert().values(key="schema_version", value="1"))
+        else:
+            conn.execute(meta.update().where(meta.c.key == "schema_version").values(value=str(version)))
+    return before, SCHEMA_VERSION
