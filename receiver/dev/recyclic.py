@@ -1,0 +1,264 @@
+"""A local stand-in of Recyclic's cashier API, faithful to what a running Recyclic was seen to do.
+
+Recyclic has no ingest endpoint, so the forwarder logs in, opens a cash session, posts one sale per
+ticket and may close the session. This Flask app answers those calls over real HTTP with in-memory
+state, in two profiles: ``legacy`` (Recyclic 1.3) and ``v2`` (1.4+). Beyond the real behaviour it
+offers, for tests and the demo:
+
+- ``app.store`` — the :class:`~receiver.dev.recyclic_store.RecyclicStore` (sessions, sales, settings such
+  as ``paheko_close_mappings``); ``GET /_stand-in/state`` serves its snapshot as JSON;
+- ``app.contract_violations`` — one record per request whose body breaks the *published* contract,
+  although the lenient server accepted it (the forwarder must keep this list empty);
+- ``app.faults`` — scripted failures and a down switch (:mod:`receiver.dev.recyclic_faults`);
+- ``clock`` — inject a :class:`~receiver.dev.recyclic_store.ManualClock` to expire tokens, idempotency
+  keys, PIN locks and the login rate limit without waiting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import uuid
+from datetime import timedelta
+from typing import Any, Iterable
+
+import click
+from flask import Blueprint, Flask, Response, g, jsonify, request
+from marshmallow import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from receiver.dev.recyclic_faults import Fault, FaultMiddleware, Faults
+from receiver.dev.recyclic_schemas import contract_errors, load_lenient, validation_errors
+from receiver.dev.recyclic_store import (
+    CASH_ROLES, CATEGORIES, MAIN_REGISTER, MAIN_SITE, REPLAY_REGISTER, ApiError, CategoryTooLong, Clock,
+    LoginRateLimited, ManualClock, Profile, RecyclicStore, User, system_clock,
+)
+
+__all__ = [
+    "DEFAULT_USERS", "MACHINE_USER", "MAIN_SITE", "MAIN_REGISTER", "REPLAY_REGISTER", "CATEGORIES",
+    "Fault", "ManualClock", "User", "create_recyclic_app", "recyclic_command",
+]
+
+#: The machine user the forwarder logs in as (role ``admin``, step-up PIN ``1234``).
+MACHINE_USER = User("paheko-bridge", "paheko-bridge-dev-password", role="admin", pin="1234")
+#: ``paheko-bridge`` (admin), ``caisse-differee`` (the dedicated replay operator) and ``benevole``
+#: (a plain ``user``, refused with 403 on cash endpoints). Passwords are ``<username>-dev-password``.
+DEFAULT_USERS: tuple[User, ...] = (
+    MACHINE_USER,
+    User("caisse-differee", "caisse-differee-dev-password", role="user"),
+    User("benevole", "benevole-dev-password", role="user"),
+)
+CONTEXT_HEADER_PREFIX = "x-recyclique-context-"
+LOGIN_RATE_LIMIT_BODY = {"error": "Rate limit exceeded: 10 per 1 minute"}
+
+
+def create_recyclic_app(profile: Profile = "v2", *, prefix: str = "/v1", users: Iterable[User] | None = None,
+                        clock: Clock | None = None, token_lifetime: timedelta = timedelta(hours=8),
+                        paheko_close_mappings: Iterable[str] | None = None) -> Flask:
+    """The stand-in WSGI app. ``paheko_close_mappings`` lists the site/register ids whose v2 close is
+    accepted (default: the seeded site); ``users`` defaults to :data:`DEFAULT_USERS` (copied)."""
+    if profile not in ("legacy", "v2"):
+        raise ValueError(f"unknown Recyclic profile {profile!r} (legacy or v2)")
+    prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
+    app = Flask(__name__)
+    app.json.sort_keys = False
+    app.json.ensure_ascii = False
+    store = RecyclicStore(
+        profile, [dataclasses.replace(user) for user in (DEFAULT_USERS if users is None else users)],
+        clock or system_clock, token_lifetime,
+        {MAIN_SITE.id} if paheko_close_mappings is None else set(paheko_close_mappings))
+    faults = Faults(prefix)
+    app.store, app.faults, app.contract_violations = store, faults, []
+    app.wsgi_app = FaultMiddleware(app.wsgi_app, faults)
+    violations_lock = threading.Lock()
+
+    def body(route: str) -> Any:
+        """The JSON body, after recording whether it honours the published contract."""
+        raw = request.get_json(silent=True)
+        problems = contract_errors(route, profile, raw)
+        if problems:
+            with violations_lock:
+                app.contract_violations.append(
+                    {"method": request.method, "path": request.path, "route": route, "errors": problems})
+            app.logger.warning("contract violation on %s %s: %s", request.method, request.path, problems)
+        return raw
+
+    def load(route: str, raw: Any) -> dict[str, Any]:
+        if raw is None:
+            raise ApiError(422, "VALIDATION_ERROR",
+                           [{"type": "json_invalid", "loc": ["body"], "msg": "JSON decode error"}])
+        try:
+            return load_lenient(route, profile, raw)
+        except ValidationError as error:
+            raise ApiError(422, "VALIDATION_ERROR", validation_errors(error.normalized_messages())) from None
+
+    def caller(*, cash: bool = True) -> User:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        user = store.authenticate(token if scheme.lower() == "bearer" else None)
+        if cash and user.role not in CASH_ROLES:
+            raise ApiError(403, "FORBIDDEN", "Insufficient permissions")
+        return user
+
+    api = Blueprint("recyclic", __name__, url_prefix=prefix or None)
+
+    @api.before_request
+    def refuse_stale_context() -> None:
+        stale = [name for name in request.headers.keys() if name.lower().startswith(CONTEXT_HEADER_PREFIX)]
+        if stale:
+            raise ApiError(409, "CONTEXT_STALE", f"Stale context headers: {', '.join(stale)}")
+
+    @api.post("/auth/login")
+    def login():
+        data = load("login", body("login"))
+        return jsonify(store.login(request.remote_addr or "", data["username"], data["password"]))
+
+    if profile == "v2":
+        @api.post("/auth/refresh")
+        def refresh():
+            return jsonify(store.refresh(load("refresh", body("refresh"))["refresh_token"]))
+
+        @api.get("/sales/payment-method-options")
+        def payment_method_options():
+            caller(cash=False)
+            return jsonify([{"code": code, "label": label, "is_active": True} for code, label in store.payment_methods])
+
+    @api.put("/users/me/pin")
+    def set_pin():
+        raw = body("pin")
+        user = caller(cash=False)
+        store.set_pin(user, load("pin", raw)["pin"])
+        return jsonify({"message": "PIN updated"})
+
+    @api.get("/categories/")
+    def categories():
+        caller(cash=False)
+        return jsonify([category.to_json() for category in store.categories])
+
+    @api.get("/sites/")
+    def sites():
+        caller(cash=False)
+        return jsonify([site.to_json() for site in store.sites])
+
+    @api.get("/cash-registers/")
+    def cash_registers():
+        caller(cash=False)
+        return jsonify([register.to_json() for register in store.registers])
+
+    @api.post("/cash-sessions/")
+    def open_session():
+        raw = body("open")
+        caller()
+        session = store.open_session(load("open", raw))
+        return jsonify(store.session_json(session)), 201
+
+    @api.get("/cash-sessions/<uuid:session_id>")
+    def read_session(session_id: uuid.UUID):
+        caller()
+        return jsonify(store.session_json(store.session(str(session_id))))
+
+    @api.post("/cash-sessions/<uuid:session_id>/close")
+    def close_session(session_id: uuid.UUID):
+        raw = body("close")
+        user = caller()
+        data = load("close", raw)
+        if profile == "v2":
+            store.check_step_up(user, request.headers.get("X-Step-Up-Pin"))
+        return idempotent(user, "close", {"session": str(session_id), "body": raw},
+                          lambda: (200, store.close_session(str(session_id), data)))
+
+    @api.post("/sales/")
+    def create_sale():
+        raw = body("sale")
+        user = caller()
+        data = load("sale", raw)
+        return idempotent(user, "sale", raw,
+                          lambda: (200, store.create_sale(user, data).to_json(with_items=True)))
+
+    def idempotent(user: User, scope: str, fingerprinted: Any, action) -> tuple[Response, int]:
+        key = request.headers.get("Idempotency-Key")
+        with store.lock:
+            remembered = store.remembered(user, scope, key, fingerprinted)
+            if remembered is not None:
+                return jsonify(remembered.body), remembered.status
+            status, result = action()
+            store.remember(user, scope, key, fingerprinted, status, result)
+        return jsonify(result), status
+
+    @api.get("/sales/<uuid:sale_id>")
+    def read_sale(sale_id: uuid.UUID):
+        caller()
+        return jsonify(store.sale(str(sale_id)).to_json(with_items=True))
+
+    app.register_blueprint(api)
+
+    @app.get("/_stand-in/state")
+    def state():
+        return jsonify(store.snapshot())
+
+    @app.before_request
+    def correlate() -> None:
+        g.correlation_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+
+    @app.after_request
+    def echo_request_id(response: Response) -> Response:
+        response.headers["x-request-id"] = g.get("correlation_id") or uuid.uuid4().hex
+        return response
+
+    def envelope(status: int, code: str, detail: Any, retryable: bool) -> tuple[Response, int]:
+        return jsonify({"code": code, "detail": detail, "retryable": retryable,
+                        "correlation_id": g.get("correlation_id")}), status
+
+    @app.errorhandler(ApiError)
+    def api_error(error: ApiError):
+        return envelope(error.status, error.code, error.detail, error.retryable)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        if error.code and 300 <= error.code < 400:
+            return error
+        return envelope(error.code or 500, error.name.upper().replace(" ", "_"), error.description,
+                        (error.code or 500) >= 500)
+
+    @app.errorhandler(LoginRateLimited)
+    def login_rate_limited(_: LoginRateLimited):
+        return jsonify(LOGIN_RATE_LIMIT_BODY), 429
+
+    @app.errorhandler(CategoryTooLong)
+    def crash(_: CategoryTooLong):
+        return Response("Internal Server Error", 500, mimetype="text/plain")
+
+    return app
+
+
+@click.command("recyclic")
+@click.option("--profile", type=click.Choice(["v2", "legacy"]), default="v2", show_default=True,
+              help="v2 = Recyclic 1.4+ (payments[], refresh tokens, step-up PIN); legacy = Recyclic 1.3.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8082, show_default=True, type=int, help="TCP port (0 = any free port).")
+@click.option("--prefix", default="/v1", show_default=True,
+              help="API path prefix: /v1 like the backend, /api/v1 like a production proxy.")
+def recyclic_command(profile: str, host: str, port: int, prefix: str) -> None:
+    """Run a local Recyclic stand-in (in memory, lost on exit) for the forwarder and the demo.
+
+    It answers Recyclic's cashier API as observed on a running Recyclic (login rate limit, step-up PIN,
+    idempotency keys, loose validation...). Point the Recyclic sink's base URL at the printed URL,
+    log in as the printed machine user, and see what was stored at /_stand-in/state.
+    """
+    from werkzeug.serving import make_server
+
+    app = create_recyclic_app(profile, prefix=prefix)  # type: ignore[arg-type]
+    server = make_server(host, port, app, threaded=True)
+    url = f"http://{host}:{server.server_address[1]}"
+    click.echo(f"Recyclic stand-in ({profile}) on {url}{prefix}")
+    click.echo(f"  machine user: {MACHINE_USER.username} / {MACHINE_USER.password} (role admin, PIN {MACHINE_USER.pin})")
+    click.echo(f"  site {MAIN_SITE.id} ({MAIN_SITE.name})")
+    click.echo(f"  register {MAIN_REGISTER.id} ({MAIN_REGISTER.name})")
+    click.echo(f"  replay register {REPLAY_REGISTER.id} ({REPLAY_REGISTER.name})")
+    click.echo(f"  replay operator {DEFAULT_USERS[1].id} ({DEFAULT_USERS[1].username})")
+    click.echo(f"  stored data: {url}/_stand-in/state  (Ctrl+C to stop)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
