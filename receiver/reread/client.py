@@ -86,6 +86,7 @@ class PahekoProtocolError(PahekoError):
 class SqlResult:
     """A decoded ``/api/sql`` answer: ``rows`` as sent, ``count`` as Paheko computed it (see facts §1)."""
 
+    request: SqlRequest
     count: int
     rows: list[dict[str, Any]]
     size: int  # bytes received
@@ -157,9 +158,13 @@ class PahekoClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def request_for(self, sql: str) -> SqlRequest:
+        """How a query to this source is described in errors and logs."""
+        return SqlRequest(self.source, self._public_endpoint, sql)
+
     def sql(self, sql: str) -> SqlResult:
         """Run one SELECT; retry transient failures; raise a :class:`PahekoError` subclass otherwise."""
-        request = SqlRequest(self.source, self._public_endpoint, sql)
+        request = self.request_for(sql)
         attempt = 0
         while True:
             attempt += 1
@@ -249,7 +254,7 @@ class PahekoClient:
                 request,
                 status=200,
             )
-        return SqlResult(count=count if isinstance(count, int) else 0, rows=rows, size=len(body))
+        return SqlResult(request=request, count=count if isinstance(count, int) else 0, rows=rows, size=len(body))
 
 
 def _retry_after(response: httpx.Response) -> float | None:

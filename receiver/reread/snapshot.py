@@ -11,11 +11,25 @@ loads it back to an equal snapshot: the ledger stores it as JSON text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
-from marshmallow import RAISE, Schema, fields, post_load, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate
+
+from receiver.reread.client import PahekoBrokenResponse, PahekoClient, PahekoError, PahekoSQLError
+from receiver.reread.queries import (
+    LIST_COLUMNS,
+    OPTIONAL_TABLES,
+    REQUIRED_TABLES,
+    body_sql,
+    missing_table,
+    probe_sql,
+    session_lists,
+    split_probe,
+)
 
 Layout = Literal["0.8.12+", "legacy"]
 LAYOUTS: tuple[str, ...] = ("0.8.12+", "legacy")
@@ -328,3 +342,285 @@ def dump_snapshot(snapshot: SessionSnapshot) -> dict[str, Any]:
 def load_snapshot(data: dict[str, Any]) -> SessionSnapshot:
     """Validate and rebuild a snapshot from :func:`dump_snapshot` data (also after a JSON round trip)."""
     return SNAPSHOT_SCHEMA.load(data)
+
+
+# --- reading a session from Paheko ------------------------------------------------------------------------
+
+
+class SessionUnavailable(Exception):
+    """The session cannot be snapshot (yet, or ever); subclasses say why. Not a failure of Paheko itself."""
+
+    def __init__(self, message: str, source: str, session_id: int):
+        super().__init__(message)
+        self.source = source
+        self.session_id = session_id
+
+
+class SessionOpen(SessionUnavailable):
+    """The session is still open in Paheko: read it again after it closes."""
+
+    def __init__(self, source: str, session_id: int, opened: datetime):
+        super().__init__(f"session {session_id} of source {source!r} is still open (opened {opened})", source, session_id)
+        self.opened = opened
+
+
+class SessionNotFound(SessionUnavailable):
+    """No such session: never created, or deleted by an accounting admin (possible while not yet booked)."""
+
+    def __init__(self, source: str, session_id: int, max_id: int | None):
+        super().__init__(
+            f"session {session_id} does not exist in Paheko for source {source!r} (highest session id: {max_id}); "
+            "it was deleted in Paheko, or the id is wrong",
+            source,
+            session_id,
+        )
+        self.max_id = max_id
+
+
+class SessionUnreadable(SessionUnavailable):
+    """Paheko keeps failing to return this session's data (see ``cause``), typically because a text value in it
+    is not valid UTF-8 (Paheko then sends a 200 with broken JSON). Fix the value in Paheko; reading again is
+    pointless until then, but harmless."""
+
+    def __init__(self, message: str, source: str, session_id: int, cause: Exception):
+        super().__init__(message, source, session_id)
+        self.cause = cause
+
+
+class CaisseUnavailable(PahekoError):
+    """The caisse plugin is not installed, or its tables lack what a session read needs."""
+
+
+class SnapshotIncomplete(PahekoError):
+    """The pages did not add up to the counts Paheko gave: the data moved during the read. Transient."""
+
+    transient = True
+
+
+def read_session(client: PahekoClient, session_id: int, tz: ZoneInfo, *, page_size: int = 5000) -> SessionSnapshot:
+    """Re-read closed session ``session_id`` through ``client`` and return its validated snapshot.
+
+    Usually two ``/api/sql`` requests (a probe, then the whole body as JSON); one more per missing optional
+    table on old caisse versions, and one more per ``page_size`` rows of the longest list.
+    Raises :class:`SessionOpen`, :class:`SessionNotFound`, :class:`SessionUnreadable` (the outcomes), or a
+    :class:`PahekoError` (:class:`CaisseUnavailable` when the plugin is missing).
+    """
+    if type(session_id) is not int or session_id < 1:
+        raise ValueError(f"session id must be a positive integer, got {session_id!r}")
+    if page_size < 1:
+        raise ValueError("page_size must be positive")
+    scalars, schema, session = _probe(client, session_id)
+    version = scalars["version"]
+    source = client.source
+    if session.get("id") is None:
+        raise SessionNotFound(source, session_id, scalars["max_id"])
+    opened = _aware(session["opened"], tz)
+    if session.get("closed") is None:
+        raise SessionOpen(source, session_id, opened)
+    try:
+        lists = _read_lists(client, session_id, schema, page_size)
+    except PahekoBrokenResponse as exc:
+        raise SessionUnreadable(
+            f"Paheko sent broken JSON {exc.attempts} times in a row for session {session_id} of source {source!r}. "
+            "A cut connection would not repeat like this: most likely a text in this session (tab name, item "
+            "label or description, payment reference, user name) is not valid UTF-8, which Paheko cannot encode. "
+            "Correct that text in Paheko; the session will then be read normally.",
+            source,
+            session_id,
+            exc,
+        ) from exc
+    if lists is None:  # deleted while we were reading it
+        raise SessionNotFound(source, session_id, scalars["max_id"])
+    layout: Layout = "0.8.12+" if "sessions_balances" in schema and "result" in schema["sessions"] else "legacy"
+    try:
+        return _assemble(source, session_id, str(version), layout, tz, session, lists)
+    except ValidationError as exc:
+        raise SessionUnreadable(
+            f"session {session_id} of source {source!r} has data this receiver does not understand: "
+            f"{exc.messages}",
+            source,
+            session_id,
+            exc,
+        ) from exc
+
+
+def _probe(client: PahekoClient, session_id: int) -> tuple[dict, dict[str, frozenset[str]], dict]:
+    tables = REQUIRED_TABLES + OPTIONAL_TABLES
+    while True:
+        try:
+            result = client.sql(probe_sql(session_id, tables))
+            break
+        except PahekoSQLError as exc:
+            table = missing_table(exc.paheko_message)
+            if table not in OPTIONAL_TABLES or table not in tables:
+                raise CaisseUnavailable(
+                    f"the caisse plugin's tables are missing or unreadable ({exc.paheko_message}); "
+                    "check that the caisse extension is installed in this Paheko",
+                    exc.request,
+                    status=exc.status,
+                ) from exc
+            tables = tuple(t for t in tables if t != table)
+    scalars, columns = split_probe(result.rows[0])
+    if scalars.get("version") is None:
+        raise CaisseUnavailable(
+            "the caisse plugin is not installed in this Paheko (no 'caisse' row in plugins)",
+            result.request,
+        )
+    schema = {table: frozenset(values) for table, values in columns.items()}
+    return scalars, schema, columns["sessions"]
+
+
+def _read_lists(
+    client: PahekoClient, session_id: int, schema: dict[str, frozenset[str]], page_size: int
+) -> dict[str, list[list]] | None:
+    """Every list of the session as rows (lists of values), paged with keyset on id; None if the session vanished."""
+    queries = session_lists(session_id, schema)
+    rows: dict[str, list[list]] = {q.name: [] for q in queries}
+    cursor = {q.name: 0 for q in queries}
+    counts: dict[str, int] = {}
+    pending = list(queries)
+    while pending:
+        sql = body_sql(session_id, [(q, cursor[q.name]) for q in pending], page_size, not counts)
+        row = client.sql(sql).rows[0]
+        if row["closed"] is None:
+            return None
+        if not counts:
+            counts = {q.name: int(row[f"n_{q.name}"]) for q in queries}
+        still = []
+        for query in pending:
+            page = json.loads(row[query.name])
+            rows[query.name].extend(page)
+            if page:
+                cursor[query.name] = max(values[0] for values in page)
+            if len(rows[query.name]) >= counts[query.name]:
+                continue
+            if len(page) < page_size:
+                raise SnapshotIncomplete(
+                    f"Paheko returned {len(rows[query.name])} {query.name} for session {session_id} but counted "
+                    f"{counts[query.name]}: the data changed during the read; it will be read again",
+                    client.request_for(sql),
+                )
+            still.append(query)
+        pending = still
+    return rows
+
+
+def _aware(text: str, tz: ZoneInfo) -> datetime:
+    """Paheko's naive local ``YYYY-MM-DD HH:MM:SS`` as an aware datetime in the source's zone (fold=0 in the
+    repeated autumn hour, as Paheko itself cannot tell)."""
+    value = datetime.fromisoformat(text)
+    return value.replace(tzinfo=tz) if value.tzinfo is None else value.astimezone(tz)
+
+
+def _iso(text: str | None, tz: ZoneInfo) -> str | None:
+    return None if text is None else _aware(text, tz).isoformat()
+
+
+def _named(table: str, rows: list[list], extra: tuple[str, ...] = ()) -> list[dict]:
+    names = LIST_COLUMNS[table] + extra
+    return [dict(zip(names, values, strict=True)) for values in rows]
+
+
+def _method_type(row: dict) -> int | None:
+    if row["type"] is not None:
+        return row["type"]
+    return None if row["is_cash"] is None else (METHOD_CASH if row["is_cash"] else METHOD_TRACKED)
+
+
+def _assemble(
+    source: str, session_id: int, version: str, layout: Layout, tz: ZoneInfo, session: dict, lists: dict
+) -> SessionSnapshot:
+    items_by_tab: dict[int, list[dict]] = {}
+    for row in sorted(_named("tabs_items", lists["items"], ("category",)), key=lambda r: r["id"]):
+        items_by_tab.setdefault(row["tab"], []).append(
+            {
+                "id": row["id"], "added": _iso(row["added"], tz), "product_id": row["product"],
+                "category_id": row["category"], "qty": row["qty"], "price": row["price"], "total": row["total"],
+                "weight": row["weight"], "name": row["name"], "category_name": row["category_name"],
+                "description": row["description"], "account": row["account"],
+                "type": ITEM_PRODUCT if row["type"] is None else row["type"],
+                "pricing": PRICING_QTY if row["pricing"] is None else row["pricing"],
+                "id_fee": row["id_fee"], "id_subscription": row["id_subscription"],
+                "id_parent_item": row["id_parent_item"], "id_method": row["id_method"],
+            }
+        )
+    payments_by_tab: dict[int, list[dict]] = {}
+    for row in sorted(_named("tabs_payments", lists["payments"]), key=lambda r: r["id"]):
+        payments_by_tab.setdefault(row["tab"], []).append(
+            {
+                "id": row["id"], "method_id": row["method"], "date": _iso(row["date"], tz), "amount": row["amount"],
+                "reference": row["reference"], "account": row["account"], "type": row["type"],
+            }
+        )
+    tabs = [
+        {
+            "id": row["id"], "name": row["name"], "user_id": row["user_id"], "opened": _iso(row["opened"], tz),
+            "closed": _iso(row["closed"], tz), "items": items_by_tab.pop(row["id"], []),
+            "payments": payments_by_tab.pop(row["id"], []),
+        }
+        for row in sorted(_named("tabs", lists["tabs"]), key=lambda r: r["id"])
+    ]
+    methods = {
+        row["id"]: {"id": row["id"], "name": row["name"], "type": _method_type(row), "account": row["account"],
+                    "id_location": row["id_location"]}
+        for row in _named("methods", lists["methods"])
+    }
+    if "balances" in lists:
+        balances = [
+            {"method_id": row["id_method"], "method_name": methods.get(row["id_method"], {}).get("name"),
+             "open_amount": row["open_amount"], "close_amount": row["close_amount"],
+             "error_amount": row["error_amount"], "expected_close": 0}
+            for row in sorted(_named("sessions_balances", lists["balances"]), key=lambda r: r["id"])
+        ]
+    elif session.get("open_amount") is not None:
+        balances = [
+            {"method_id": None, "method_name": None, "open_amount": session["open_amount"],
+             "close_amount": session.get("close_amount"), "error_amount": session.get("error_amount"),
+             "expected_close": 0}
+        ]
+    else:
+        balances = []
+    locations = _named("locations", lists.get("location", []))
+    document = {
+        "source": source, "session_id": session_id, "caisse_version": version, "layout": layout,
+        "timezone": tz.key, "opened": _iso(session["opened"], tz), "closed": _iso(session["closed"], tz),
+        "open_user": session.get("open_user"), "close_user": session.get("close_user"),
+        "location": locations[0] if locations else None,
+        "result": session.get("result"), "nb_tabs": session.get("nb_tabs"),
+        "balances": balances, "tabs": tabs, "methods": methods,
+        "categories": {row["id"]: row for row in _named("categories", lists["categories"])},
+        "totals": {"items_total": 0, "nb_tabs": 0, "payments_by_method": {}, "weight_grams": 0},
+        "checks": [],
+    }
+    observed = SNAPSHOT_SCHEMA.load(document)
+    return _with_computed(observed, has_result="result" in session, has_nb_tabs="nb_tabs" in session)
+
+
+def _with_computed(snapshot: SessionSnapshot, *, has_result: bool, has_nb_tabs: bool) -> SessionSnapshot:
+    """Add the recomputed totals, each balance's expected close, and the checks against stored figures."""
+    items = snapshot.items()
+    by_method: dict[int, int] = {}
+    for payment in snapshot.payments():
+        by_method[payment.method_id] = by_method.get(payment.method_id, 0) + payment.amount
+    totals = Totals(
+        items_total=sum(item.total for item in items),
+        nb_tabs=len(snapshot.tabs),
+        payments_by_method=by_method,
+        weight_grams=sum(item.qty * item.weight for item in items if item.weight is not None),
+    )
+    cash_methods = {m.id for m in snapshot.methods.values() if m.type == METHOD_CASH}
+    balances = []
+    checks = []
+    if has_result:
+        checks.append(Check("result", snapshot.result, totals.items_total, snapshot.result == totals.items_total))
+    if has_nb_tabs:
+        checks.append(Check("nb_tabs", snapshot.nb_tabs, totals.nb_tabs, snapshot.nb_tabs == totals.nb_tabs))
+    for balance in snapshot.balances:
+        drawer = {balance.method_id} if balance.method_id is not None else cash_methods
+        expected = balance.open_amount + sum(by_method.get(method, 0) for method in drawer)
+        balances.append(replace(balance, expected_close=expected))
+        if balance.close_amount is not None:
+            error = balance.close_amount - expected
+            label = "error_amount[drawer]" if balance.method_id is None else f"error_amount[method {balance.method_id}]"
+            checks.append(Check(label, balance.error_amount, error, balance.error_amount == error))
+    return replace(snapshot, totals=totals, balances=balances, checks=checks)
