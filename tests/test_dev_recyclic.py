@@ -519,6 +519,11 @@ def test_down_and_up(stand):
     assert httpx.get(stand.root + "/_stand-in/state").status_code == 200
     stand.app.faults.up()
     assert stand.http.get("/sites/").status_code == 200
+    stand.app.faults.script("GET /sites/", Fault.error(500))
+    stand.app.faults.down()
+    stand.app.faults.clear()
+    assert stand.app.faults.pending() == 0 and not stand.app.faults.is_down
+    assert stand.http.get("/sites/").status_code == 200
 
 
 def test_command_help_teaches_usage():

@@ -255,6 +255,8 @@ def recyclic_command(profile: str, host: str, port: int, prefix: str) -> None:
     click.echo(f"  register {MAIN_REGISTER.id} ({MAIN_REGISTER.name})")
     click.echo(f"  replay register {REPLAY_REGISTER.id} ({REPLAY_REGISTER.name})")
     click.echo(f"  replay operator {DEFAULT_USERS[1].id} ({DEFAULT_USERS[1].username})")
+    if profile == "v2":
+        click.echo(f"  closing accepted: Paheko close mapping set for site {MAIN_SITE.id}")
     click.echo(f"  stored data: {url}/_stand-in/state  (Ctrl+C to stop)")
     try:
         server.serve_forever()

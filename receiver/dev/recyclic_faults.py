@@ -63,8 +63,6 @@ class Faults:
         self._lock = threading.Lock()
         self._scripts: dict[str, deque[Fault]] = {}
         self._down = False
-        #: Every fault served, as ``(pattern, fault)``: lets tests check their script was consumed.
-        self.served: list[tuple[str, Fault]] = []
 
     def script(self, pattern: str, *faults: Fault) -> None:
         """Queue ``faults`` for the next requests matching ``pattern``, in order."""
@@ -72,11 +70,13 @@ class Faults:
             self._scripts.setdefault(pattern, deque()).extend(faults)
 
     def clear(self) -> None:
+        """Forget every scripted fault and come back up."""
         with self._lock:
             self._scripts.clear()
             self._down = False
 
     def pending(self) -> int:
+        """How many scripted faults are still waiting for a request."""
         with self._lock:
             return sum(len(queue) for queue in self._scripts.values())
 
@@ -101,9 +101,7 @@ class Faults:
             for pattern, queue in self._scripts.items():
                 glob = pattern if " " in pattern else f"* {pattern}"
                 if queue and fnmatchcase(target, glob):
-                    fault = queue.popleft()
-                    self.served.append((pattern, fault))
-                    return fault
+                    return queue.popleft()
         return None
 
 

@@ -277,13 +277,6 @@ class RecyclicStore:
 
     # -- authentication -------------------------------------------------------------------------
 
-    def user_named(self, username: str) -> User:
-        with self.lock:
-            for user in self.users.values():
-                if user.username == username:
-                    return user
-        raise KeyError(username)
-
     def login(self, client_ip: str, username: str, password: str) -> dict[str, Any]:
         with self.lock:
             now = self.clock()
