@@ -7,7 +7,7 @@ It reproduces what Paheko 1.3.22 was *observed* to answer (``tests/fixtures/api-
   url-encoded or multipart form, or JSON object when the Content-Type contains ``/json``), else from the
   trimmed raw body — so a url-encoded body without a ``sql=`` field *is* the SQL, ``=`` and ``&`` included,
   and a JSON body without a ``sql`` key is executed as SQL (and fails). ``format=csv|ods|xlsx`` exports a
-  file (CSV is emulated; ODS and XLSX answer 501 with a JSON error). Only the first statement runs; there
+  file (CSV byte for byte; ODS and XLSX as minimal valid spreadsheets, not Paheko's bytes). Only the first statement runs; there
   is no automatic LIMIT; ``count`` is a separate ``COUNT(*)`` of the query without its last top-level
   LIMIT, 0 when that fails. Results are streamed in Paheko's layout (PHP ``JSON_PRETTY_PRINT``, ``\\uXXXX``
   escapes, duplicate names suffixed with ``_<column index>``); a row PHP cannot encode (invalid UTF-8,
@@ -59,6 +59,7 @@ import click
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request
 
+from receiver.dev.paheko_sheets import ODS_TYPE, XLSX_TYPE, ods_bytes, xlsx_bytes
 from receiver.dev.paheko_php import EncodeError, array_key, json_encode, parse_query, php_trim, to_string
 
 __all__ = [
@@ -314,6 +315,10 @@ class _Response:
     headers: tuple[tuple[str, str], ...] = ()
 
 
+def _attachment(filename: str) -> tuple[tuple[str, str], ...]:
+    return (("Content-Disposition", f'attachment; filename="{filename}"'),)
+
+
 def _error(message: str, status: int) -> _Response:
     return _Response(status, JSON_TYPE, [json_encode({"error": message}).encode()])
 
@@ -453,11 +458,15 @@ class PahekoApp:
         query = _Query(self._db_uri, sql)
         export = params.get("format")
         if export in ("ods", "xlsx"):
-            query.close()
-            raise ApiError(f"Export format {export!r} is not emulated by the local Paheko stand-in", 501)
+            try:
+                header, rows = query.header, list(query.rows())
+            finally:
+                query.close()
+            if export == "ods":
+                return _Response(200, ODS_TYPE, [ods_bytes(header, rows)], _attachment("Recherche.ods"))
+            return _Response(200, XLSX_TYPE, [xlsx_bytes(header, rows)], _attachment("Recherche.xlsx"))
         if export == "csv":
-            return _Response(200, "application/csv", _csv_stream(query),
-                             (("Content-Disposition", 'attachment; filename="Recherche.csv"'),))
+            return _Response(200, "application/csv", _csv_stream(query), _attachment("Recherche.csv"))
         return _Response(200, JSON_TYPE, _json_stream(query))
 
     def _download(self, request: Request, rest: str) -> _Response:
