@@ -108,3 +108,141 @@ def test_replays_transcript(client: httpx.Client, db_copy: Path, exchange: dict)
 def test_transcripts_are_all_replayed() -> None:
     assert len(TRANSCRIPTS) == 71
     assert {t["request"]["auth"] for t in TRANSCRIPTS} <= AUTH_LABELS.keys()
+
+
+ADMIN = AUTH_LABELS["admin key"]
+
+
+def _sql(client: httpx.Client, sql: str) -> httpx.Response:
+    return client.post("/api/sql", auth=ADMIN, content=sql.encode())
+
+
+@pytest.mark.parametrize(("sql", "count", "results"), [
+    ("SELECT id FROM plugin_pos_tabs ORDER BY id LIMIT 1, 2", 10, [{"id": 2}, {"id": 3}]),
+    ("SELECT * FROM (SELECT id FROM plugin_pos_tabs LIMIT 4)", 4, [{"id": i} for i in range(1, 5)]),
+    ("SELECT 1 AS a -- trailing comment", 0, [{"a": 1}]),
+    ("SELECT 'a;b' AS a; DELETE FROM users", 0, [{"a": "a;b"}]),
+    ("SELECT NULL AS a, 2 AS a, 3 AS a", 1, [{"a": 2, "a_2": 3}]),
+    ("SELECT 0 AS '0', 1 AS '1'", 1, [[0, 1]]),
+    ("SELECT 2.0 AS f, 1e25 AS g, 'x/y' AS s", 1, [{"f": 2, "g": 1e25, "s": "x/y"}]),
+    ("SELECT id, password, pgp_key, otp_secret, otp_recovery_codes FROM users", 1,
+     [{"id": 1, "password": None, "pgp_key": None, "otp_secret": None, "otp_recovery_codes": None}]),
+])
+def test_sql_semantics_beyond_the_transcripts(client: httpx.Client, sql: str, count: int, results: list) -> None:
+    response = _sql(client, sql)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"count": count, "results": results}
+
+
+def test_php_float_and_slash_encoding_on_the_wire(client: httpx.Client) -> None:
+    assert '"f": 2,\n' in _sql(client, "SELECT 2.0 AS f, 'x/y' AS s").text
+    assert '"s": "x\\/y"' in _sql(client, "SELECT 'x/y' AS s").text
+    assert '"g": 1.0e+25' in _sql(client, "SELECT 1e25 AS g").text
+
+
+@pytest.mark.parametrize(("sql", "error"), [
+    ("SELECT COUNT(*) FROM users_sessions", "Erreur dans la requête : not authorized"),
+    ("SELECT id FROM logs", "Erreur dans la requête : access to logs.id is prohibited"),
+    ("SELECT * FROM pragma_table_info('users')", "Erreur dans la requête : not authorized"),
+    ("BEGIN", "Erreur dans la requête : not authorized"),
+    ("CREATE TABLE x (a)", "Erreur dans la requête : not authorized"),
+])
+def test_sandbox_refusals(client: httpx.Client, sql: str, error: str) -> None:
+    response = _sql(client, sql)
+    assert (response.status_code, response.json()) == (400, {"error": error})
+
+
+def test_request_shapes(client: httpx.Client) -> None:
+    assert client.head("/api/sql", auth=ADMIN).status_code == 405
+    assert client.delete("/api/sql", auth=ADMIN).json() == {"error": "Wrong request method"}
+    assert client.post("/api/download", auth=ADMIN).json() == {"error": "Wrong request method"}
+    assert client.get("/api/download/nope", auth=ADMIN).json() == {"error": "Unknown path: nope"}
+    assert client.post("/api/sql", auth=ADMIN, content=b"  \n ").json() == {"error": "Missing SQL statement"}
+    json_ignores_query = client.post("/api/sql?format=csv", auth=ADMIN, json={"sql": "SELECT 1 AS a"})
+    assert json_ignores_query.json() == {"count": 1, "results": [{"a": 1}]}
+    form = client.post("/api/sql?sql=SELECT%202%20AS%20b", auth=ADMIN, data={"sql": "SELECT 1 AS a"})
+    assert form.json()["results"] == [{"a": 1}]
+    assert client.get("/api/sql", params={"sql": "SELECT 3 AS c"}, auth=ADMIN).json()["results"] == [{"c": 3}]
+    assert "www-authenticate" not in client.post("/api/sql", content=b"SELECT 1").headers
+
+
+def test_access_levels(client: httpx.Client) -> None:
+    reader, writer = AUTH_LABELS["read key"], AUTH_LABELS["write key"]
+    assert client.post("/api/user/new", auth=reader, data={"nom": "x"}).status_code == 403
+    assert client.post("/api/user/new", auth=writer, data={"nom": "x"}).status_code == 501
+
+
+def test_mid_stream_error_truncates_a_200(client: httpx.Client) -> None:
+    response = _sql(client, "SELECT CASE WHEN id < 3 THEN id ELSE abs(-9223372036854775807 - 1) END AS v"
+                            " FROM plugin_pos_tabs ORDER BY id")
+    assert response.status_code == 200
+    assert response.text.startswith('{\n    "count": 0,\n    "results":\n    [\n        {\n            "v": 1\n')
+    assert not response.text.endswith("]\n}")
+    with pytest.raises(json.JSONDecodeError):
+        response.json()
+
+
+def test_faults_are_served_in_order_then_normal_answers_resume(server, client: httpx.Client) -> None:
+    _, app = server
+    normal = _sql(client, "SELECT id FROM plugin_pos_sessions").text
+    app.faults.add("server_error", status=502)
+    app.faults.add("rate_limit", seconds=3)
+    app.faults.add("cut_json", times=2)
+    app.faults.add("delay", seconds=0.05)
+    assert app.faults.pending == 5
+
+    assert _sql(client, "SELECT 1").status_code == 502
+    limited = _sql(client, "SELECT 1")
+    assert (limited.status_code, limited.headers["retry-after"]) == (429, "3")
+    for _ in range(2):
+        cut = _sql(client, "SELECT id FROM plugin_pos_sessions")
+        assert cut.status_code == 200 and normal.startswith(cut.text) and len(cut.text) < len(normal)
+        with pytest.raises(json.JSONDecodeError):
+            cut.json()
+    assert _sql(client, "SELECT id FROM plugin_pos_sessions").text == normal  # delayed, then normal
+    assert app.faults.pending == 0
+    assert _sql(client, "SELECT id FROM plugin_pos_sessions").text == normal
+
+
+def test_close_fault_drops_the_connection(server, client: httpx.Client) -> None:
+    _, app = server
+    app.faults.add("close")
+    with pytest.raises(httpx.TransportError):
+        _sql(client, "SELECT 1")
+    assert _sql(client, "SELECT 1 AS a").json()["results"] == [{"a": 1}]
+
+
+def test_fault_plan_rejects_nonsense(server) -> None:
+    _, app = server
+    with pytest.raises(ValueError):
+        app.faults.add("explode")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        app.faults.add("server_error", status=404)
+
+
+def test_stats_count_requests_and_body_bytes(server, client: httpx.Client) -> None:
+    _, app = server
+    app.stats.reset()
+    responses = [_sql(client, "SELECT * FROM plugin_pos_tabs_items"), client.get("/api/download", auth=ADMIN),
+                 client.get("/api/nope", auth=ADMIN)]
+    assert app.stats.requests == 3
+    assert app.stats.bytes_sent == sum(len(r.content) for r in responses)
+
+
+def test_default_credentials_and_missing_database(db_copy: Path, tmp_path: Path) -> None:
+    app = create_paheko_app(db_copy)
+    user, (secret, level) = next(iter(DEFAULT_CREDENTIALS.items()))
+    with LocalServer(app) as local:
+        assert httpx.post(local.url + "/api/sql", auth=(user, secret), content=b"SELECT 1", timeout=5).status_code == 200
+    assert level == "read"
+    with pytest.raises(FileNotFoundError):
+        create_paheko_app(tmp_path / "absent.sqlite")
+    with pytest.raises(ValueError):
+        create_paheko_app(db_copy, {"k": ("s", "superuser")})
+
+
+def test_command_help_teaches() -> None:
+    result = CliRunner().invoke(paheko_command, ["--help"])
+    assert result.exit_code == 0
+    for option in ("--db", "--host", "--port", "--user", "--password", "--level", "read-only"):
+        assert option in result.output

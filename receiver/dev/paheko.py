@@ -251,11 +251,8 @@ class _Query:
         return int(row[0]) if row and isinstance(row[0], int) else 0
 
     def rows(self) -> Iterator[tuple]:
-        """The result rows; a failure in mid-stream ends them silently, as Paheko's stream does."""
-        try:
-            yield from self._cursor
-        except (sqlite3.Error, sqlite3.Warning):
-            return
+        """The result rows; raises :class:`sqlite3.Error` on a failure in mid-stream."""
+        return iter(self._cursor)
 
     def close(self) -> None:
         self._conn.close()
@@ -283,6 +280,8 @@ def _json_stream(query: _Query) -> Iterator[bytes]:
             separator = ",\n" if index else ""
             yield (separator + "        " + encoded.replace("\n", "\n        ")).encode()
         yield b"\n    ]\n}"
+    except (sqlite3.Error, sqlite3.Warning):
+        return  # Paheko dies in mid-stream: a 200 whose JSON stops here
     finally:
         query.close()
 
@@ -301,6 +300,8 @@ def _csv_stream(query: _Query) -> Iterator[bytes]:
             yield line(query.header)
         for row in query.rows():
             yield line(row)
+    except (sqlite3.Error, sqlite3.Warning):
+        return
     finally:
         query.close()
 
