@@ -162,13 +162,18 @@ class PahekoClient:
         """How a query to this source is described in errors and logs."""
         return SqlRequest(self.source, self._public_endpoint, sql)
 
-    def sql(self, sql: str) -> SqlResult:
-        """Run one SELECT; retry transient failures; raise a :class:`PahekoError` subclass otherwise."""
+    def sql(self, sql: str, *, complete: bool = False) -> SqlResult:
+        """Run one SELECT; retry transient failures; raise a :class:`PahekoError` subclass otherwise.
+
+        ``complete``: the query has a single statement and no top-level LIMIT, so Paheko's ``count`` must equal
+        the rows received; fewer rows mean rows Paheko could not encode (it writes them as nothing, e.g.
+        invalid UTF-8), handled like broken JSON.
+        """
         request = self.request_for(sql)
         attempt = 0
         while True:
             attempt += 1
-            failure, retry_after = self._attempt(request, attempt)
+            failure, retry_after = self._attempt(request, attempt, complete)
             if isinstance(failure, SqlResult):
                 return failure
             if attempt > self.retries:
@@ -181,7 +186,9 @@ class PahekoClient:
         jittered = exponential * (0.5 + self._rng.random() / 2)
         return max(jittered, min(retry_after, self.max_backoff * 4)) if retry_after is not None else jittered
 
-    def _attempt(self, request: SqlRequest, attempt: int) -> tuple[SqlResult | PahekoError, float | None]:
+    def _attempt(
+        self, request: SqlRequest, attempt: int, complete: bool
+    ) -> tuple[SqlResult | PahekoError, float | None]:
         """One HTTP exchange: a result, or a *transient* error to retry (with Retry-After); raises the others."""
         try:
             response = self._http.post(self.endpoint, json={"sql": request.sql})
@@ -198,7 +205,7 @@ class PahekoClient:
             ), None
         status = response.status_code
         if status == 200:
-            return self._decode(request, response), None
+            return self._decode(request, response, complete), None
         if status == 429 or status >= 500:
             return PahekoUnavailable(
                 f"Paheko answered HTTP {status}; it is overloaded or failing, the read will be retried later",
@@ -231,7 +238,7 @@ class PahekoClient:
             attempts=attempt,
         )
 
-    def _decode(self, request: SqlRequest, response: httpx.Response) -> SqlResult | PahekoError:
+    def _decode(self, request: SqlRequest, response: httpx.Response, complete: bool) -> SqlResult | PahekoError:
         content_type = response.headers.get("content-type", "")
         if "json" not in content_type:
             raise PahekoProtocolError(
@@ -247,6 +254,8 @@ class PahekoClient:
             count = data.get("count", 0)
             if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
                 raise TypeError("results is not a list of rows")
+            if complete and count != len(rows):
+                raise ValueError(f"{len(rows)} rows received, {count} counted")
         except (ValueError, KeyError, TypeError) as exc:
             return PahekoBrokenResponse(
                 f"Paheko sent a 200 whose JSON is broken ({exc}): the stream was cut, or a value in the data is "

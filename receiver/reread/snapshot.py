@@ -21,10 +21,13 @@ from marshmallow import RAISE, Schema, ValidationError, fields, post_load, valid
 
 from receiver.reread.client import PahekoBrokenResponse, PahekoClient, PahekoError, PahekoSQLError
 from receiver.reread.queries import (
+    LEGACY_ABSENT,
     LIST_COLUMNS,
+    OPTIONAL_COLUMNS,
     OPTIONAL_TABLES,
-    REQUIRED_TABLES,
+    CaisseSchema,
     body_sql,
+    missing_column,
     missing_table,
     probe_sql,
     session_lists,
@@ -409,7 +412,22 @@ def read_session(client: PahekoClient, session_id: int, tz: ZoneInfo, *, page_si
         raise ValueError(f"session id must be a positive integer, got {session_id!r}")
     if page_size < 1:
         raise ValueError("page_size must be positive")
-    scalars, schema, session = _probe(client, session_id)
+    try:
+        return _read(client, session_id, tz, page_size)
+    except PahekoBrokenResponse as exc:
+        raise SessionUnreadable(
+            f"Paheko sent broken JSON {exc.attempts} times in a row for session {session_id} of source "
+            f"{client.source!r}. A cut connection would not repeat like this: most likely a text in this session "
+            "(tab name, item label or description, payment reference, user name) is not valid UTF-8, which "
+            "Paheko cannot encode. Correct that text in Paheko; the session will then be read normally.",
+            client.source,
+            session_id,
+            exc,
+        ) from exc
+
+
+def _read(client: PahekoClient, session_id: int, tz: ZoneInfo, page_size: int) -> SessionSnapshot:
+    scalars, tables, session = _probe(client, session_id)
     version = scalars["version"]
     source = client.source
     if session.get("id") is None:
@@ -417,21 +435,11 @@ def read_session(client: PahekoClient, session_id: int, tz: ZoneInfo, *, page_si
     opened = _aware(session["opened"], tz)
     if session.get("closed") is None:
         raise SessionOpen(source, session_id, opened)
-    try:
-        lists = _read_lists(client, session_id, schema, page_size)
-    except PahekoBrokenResponse as exc:
-        raise SessionUnreadable(
-            f"Paheko sent broken JSON {exc.attempts} times in a row for session {session_id} of source {source!r}. "
-            "A cut connection would not repeat like this: most likely a text in this session (tab name, item "
-            "label or description, payment reference, user name) is not valid UTF-8, which Paheko cannot encode. "
-            "Correct that text in Paheko; the session will then be read normally.",
-            source,
-            session_id,
-            exc,
-        ) from exc
+    layout: Layout = "0.8.12+" if "sessions_balances" in tables and "result" in session else "legacy"
+    schema = CaisseSchema(tables, {t: frozenset(c) for t, c in LEGACY_ABSENT.items()} if layout == "legacy" else {})
+    lists, schema = _read_lists(client, session_id, schema, frozenset(session), page_size)
     if lists is None:  # deleted while we were reading it
         raise SessionNotFound(source, session_id, scalars["max_id"])
-    layout: Layout = "0.8.12+" if "sessions_balances" in schema and "result" in schema["sessions"] else "legacy"
     try:
         return _assemble(source, session_id, str(version), layout, tz, session, lists)
     except ValidationError as exc:
@@ -444,44 +452,58 @@ def read_session(client: PahekoClient, session_id: int, tz: ZoneInfo, *, page_si
         ) from exc
 
 
-def _probe(client: PahekoClient, session_id: int) -> tuple[dict, dict[str, frozenset[str]], dict]:
-    tables = REQUIRED_TABLES + OPTIONAL_TABLES
+def _probe(client: PahekoClient, session_id: int) -> tuple[dict, frozenset[str], dict]:
+    """The probe row: scalars, the optional tables present, and the session row (all keys, NULLs if absent)."""
+    tables = OPTIONAL_TABLES
     while True:
         try:
-            result = client.sql(probe_sql(session_id, tables))
+            result = client.sql(probe_sql(session_id, tables), complete=True)
             break
         except PahekoSQLError as exc:
             table = missing_table(exc.paheko_message)
-            if table not in OPTIONAL_TABLES or table not in tables:
-                raise CaisseUnavailable(
-                    f"the caisse plugin's tables are missing or unreadable ({exc.paheko_message}); "
-                    "check that the caisse extension is installed in this Paheko",
-                    exc.request,
-                    status=exc.status,
-                ) from exc
+            if table not in tables:
+                raise _incompatible(exc) from exc
             tables = tuple(t for t in tables if t != table)
-    scalars, columns = split_probe(result.rows[0])
+    scalars, session = split_probe(result.rows[0])
     if scalars.get("version") is None:
         raise CaisseUnavailable(
-            "the caisse plugin is not installed in this Paheko (no 'caisse' row in plugins)",
-            result.request,
+            "the caisse plugin is not installed in this Paheko (no 'caisse' row in plugins)", result.request
         )
-    schema = {table: frozenset(values) for table, values in columns.items()}
-    return scalars, schema, columns["sessions"]
+    return scalars, frozenset(tables), session
+
+
+def _incompatible(exc: PahekoSQLError) -> CaisseUnavailable:
+    return CaisseUnavailable(
+        f"the caisse plugin's tables are missing or differ from every known version ({exc.paheko_message}); "
+        "check that the caisse extension is installed in this Paheko",
+        exc.request,
+        status=exc.status,
+    )
 
 
 def _read_lists(
-    client: PahekoClient, session_id: int, schema: dict[str, frozenset[str]], page_size: int
-) -> dict[str, list[list]] | None:
-    """Every list of the session as rows (lists of values), paged with keyset on id; None if the session vanished."""
-    queries = session_lists(session_id, schema)
+    client: PahekoClient, session_id: int, schema: CaisseSchema, session_columns: frozenset[str], page_size: int
+) -> tuple[dict[str, list[list]] | None, CaisseSchema]:
+    """Every list of the session as rows (lists of values); None if the session vanished meanwhile. A missing
+    optional column is dropped from the schema and the read starts again."""
+    while True:
+        try:
+            return _pages(client, session_id, session_lists(session_id, schema, session_columns), page_size), schema
+        except PahekoSQLError as exc:
+            found = missing_column(exc.paheko_message)
+            if found is None or found[1] not in OPTIONAL_COLUMNS.get(found[0], ()) or not schema.has(*found):
+                raise _incompatible(exc) from exc
+            schema = schema.without(*found)
+
+
+def _pages(client: PahekoClient, session_id: int, queries: list, page_size: int) -> dict[str, list[list]] | None:
     rows: dict[str, list[list]] = {q.name: [] for q in queries}
     cursor = {q.name: 0 for q in queries}
     counts: dict[str, int] = {}
     pending = list(queries)
     while pending:
         sql = body_sql(session_id, [(q, cursor[q.name]) for q in pending], page_size, not counts)
-        row = client.sql(sql).rows[0]
+        row = client.sql(sql, complete=True).rows[0]
         if row["closed"] is None:
             return None
         if not counts:
@@ -521,12 +543,6 @@ def _named(table: str, rows: list[list], extra: tuple[str, ...] = ()) -> list[di
     return [dict(zip(names, values, strict=True)) for values in rows]
 
 
-def _method_type(row: dict) -> int | None:
-    if row["type"] is not None:
-        return row["type"]
-    return None if row["is_cash"] is None else (METHOD_CASH if row["is_cash"] else METHOD_TRACKED)
-
-
 def _assemble(
     source: str, session_id: int, version: str, layout: Layout, tz: ZoneInfo, session: dict, lists: dict
 ) -> SessionSnapshot:
@@ -561,7 +577,7 @@ def _assemble(
         for row in sorted(_named("tabs", lists["tabs"]), key=lambda r: r["id"])
     ]
     methods = {
-        row["id"]: {"id": row["id"], "name": row["name"], "type": _method_type(row), "account": row["account"],
+        row["id"]: {"id": row["id"], "name": row["name"], "type": row["type"], "account": row["account"],
                     "id_location": row["id_location"]}
         for row in _named("methods", lists["methods"])
     }
