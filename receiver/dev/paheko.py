@@ -477,9 +477,11 @@ class PahekoApp:
             raise ApiError("Not emulated by the local Paheko stand-in: /api/download/files", 501)
         if rest:
             raise ApiError(f"Unknown path: {rest}", 404)
-        with sqlite3.connect(self._db_uri, uri=True) as conn:
+        conn = sqlite3.connect(self._db_uri, uri=True)
+        try:
             data = conn.serialize()  # a consistent snapshot, WAL included, as Paheko's backup dump is
-        conn.close()
+        finally:
+            conn.close()
         return _Response(200, "application/octet-stream", [data], (("Content-Length", str(len(data))),))
 
     def _user(self, request: Request, rest: str, access: int) -> _Response:
