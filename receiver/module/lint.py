@@ -85,7 +85,7 @@ RESTRICT_LEVELS = frozenset({"read", "write", "admin"})
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _TAG_START = re.compile(r"\{\{(?=\*|[:#/][A-Za-z_]|[$\"']|(?:if|elseif|else|literal)\b)")
-_STRING = re.compile(r"\"(?:\\.|[^\"\\])*\"|'(?:\\.|[^'\\])*'", re.S)
+STRING_RE = re.compile(r"\"(?:\\.|[^\"\\])*\"|'(?:\\.|[^'\\])*'", re.S)
 _PARAM = re.compile(
     r"(?P<name>[!:]?[A-Za-z_][\w.]*)\s*=\s*(?P<value>(?:\"(?:\\.|[^\"\\])*\"|'(?:\\.|[^'\\])*'|[^\s\"'])+)",
     re.S,
@@ -145,7 +145,7 @@ def _tag_end(text: str, start: int) -> int:
     while i < len(text):
         char = text[i]
         if char in "\"'":
-            match = _STRING.match(text, i)
+            match = STRING_RE.match(text, i)
             if not match:
                 return -1
             i = match.end()
@@ -169,8 +169,12 @@ def _classify(inner: str, offset: int, end: int) -> Tag:
     return Tag("output", "", head, offset, end)
 
 
-def tokenize(source: _Source) -> list[Tag]:
-    """The template's tags in order; comments and literal blocks are skipped."""
+def tokenize(text: str) -> list[Tag]:
+    """The tags of a template's text, in order; comments and literal blocks are skipped."""
+    return _tokenize(_Source(Path("-"), text))
+
+
+def _tokenize(source: _Source) -> list[Tag]:
     text, tags, pos = source.text, [], 0
     while (match := _TAG_START.search(text, pos)) is not None:
         start = match.start()
@@ -197,12 +201,12 @@ def tokenize(source: _Source) -> list[Tag]:
     return tags
 
 
-def _split_select(body: str) -> tuple[str, str]:
+def split_select(body: str) -> tuple[str, str]:
     """``{{#select SQL ; params}}`` → (SQL, params); the first ``;`` outside strings splits."""
     i = 0
     while i < len(body):
         if body[i] in "\"'":
-            match = _STRING.match(body, i)
+            match = STRING_RE.match(body, i)
             i = match.end() if match else len(body)
         elif body[i] == ";":
             return body[:i], body[i + 1:]
@@ -217,7 +221,7 @@ def parse_params(text: str) -> dict[str, str]:
 
 
 def _is_string_literal(value: str) -> bool:
-    return bool(_STRING.fullmatch(value))
+    return bool(STRING_RE.fullmatch(value))
 
 
 def _literal_text(value: str) -> str:
@@ -225,7 +229,7 @@ def _literal_text(value: str) -> str:
 
 
 def _modifiers(expression: str) -> list[str]:
-    stripped = _STRING.sub('""', expression)
+    stripped = STRING_RE.sub('""', expression)
     names = _MODIFIER.findall(stripped)
     # map:NAME applies the modifier NAME: it is a modifier name, not a value.
     names += re.findall(r"\|\s*map\s*:\s*(" + _NAME + ")", stripped)
@@ -261,8 +265,8 @@ def _check_names(source: _Source, tag: Tag, words: Vocabulary) -> None:
         source.report(tag.offset, "E202", f"unknown section {{{{#{tag.name}}}}}")
     body = tag.body
     if tag.kind == "section" and tag.name == "select":
-        sql, body = _split_select(tag.body)
-        body += " " + " ".join(_SQL_EXPR.findall(_STRING.sub("''", sql)))
+        sql, body = split_select(tag.body)
+        body += " " + " ".join(_SQL_EXPR.findall(STRING_RE.sub("''", sql)))
     for name in _modifiers(body):
         if name not in words.modifiers:
             source.report(tag.offset, "E203", f"unknown modifier |{name}")
@@ -307,7 +311,7 @@ def _check_include(source: _Source, tag: Tag) -> None:
 def check_template(path: Path, text: str, words: Vocabulary = Vocabulary()) -> list[Problem]:
     """Every finding in one template's text."""
     source = _Source(path, text)
-    tags = tokenize(source)
+    tags = _tokenize(source)
     words = words.extended(tags)
     stack: list[tuple[Tag, bool]] = []  # (opening tag, else already seen)
     for tag in tags:
@@ -435,7 +439,7 @@ def check_module(root: Path, name: str | None = None) -> list[Problem]:
     texts = {path: path.read_text(encoding="utf-8") for path in files}
     words = Vocabulary()
     for path, text in texts.items():
-        words = words.extended(tokenize(_Source(path, text)))
+        words = words.extended(tokenize(text))
     for path, text in texts.items():
         problems += check_template(path, text, words)
     return sorted(problems)
