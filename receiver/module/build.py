@@ -67,10 +67,15 @@ def build_zip(
         raise BuildError("the module does not lint clean:\n" + "\n".join(map(str, errors)))
     output_dir.mkdir(parents=True, exist_ok=True)
     target = output_dir / f"paheko-module-{name}-{version}.zip"
-    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for relative in module_files(source):
-            info = zipfile.ZipInfo(f"modules/{name}/{relative.as_posix()}", date_time=ZIP_TIMESTAMP)
-            info.external_attr = 0o644 << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, stamp(relative, (source / relative).read_bytes(), version))
+    partial = target.with_name(target.name + ".partial")
+    try:
+        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for relative in module_files(source):
+                info = zipfile.ZipInfo(f"modules/{name}/{relative.as_posix()}", date_time=ZIP_TIMESTAMP)
+                info.external_attr = 0o644 << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                archive.writestr(info, stamp(relative, (source / relative).read_bytes(), version))
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
     return target
