@@ -95,12 +95,15 @@ PRICING_QTY, PRICING_PER_KG, PRICING_SINGLE = 0, 1, 2
 class PahekoDB:
     """A caisse database under construction; every method returns the new row's id."""
 
-    def __init__(self, path: str | Path, *, layout: str = "0.8.12+", version: str | None = None):
+    def __init__(self, path: str | Path, *, layout: str = "0.8.12+", version: str | None = None, create: bool = True):
+        """``create=False`` adds to an existing Paheko database (e.g. a copy of the fixture) instead."""
         if layout not in ("0.8.12+", "legacy"):
             raise ValueError(layout)
         self.path = Path(path)
         self.layout = layout
         self.con = sqlite3.connect(self.path, isolation_level=None)
+        if not create:
+            return
         self.con.executescript(CORE_DDL + (MODERN_DDL if layout == "0.8.12+" else LEGACY_DDL))
         self._insert("plugins", name="caisse", label="Caisse", version=version or ("0.8.12" if layout != "legacy" else "0.8.7"), enabled=1)
 
