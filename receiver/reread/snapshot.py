@@ -193,8 +193,6 @@ class SessionSnapshot:
 
 # --- schema -------------------------------------------------------------------------------------------------
 
-Cents = fields.Integer
-Grams = fields.Integer
 
 
 class _Strict(Schema):
