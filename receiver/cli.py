@@ -6,7 +6,6 @@ The configuration comes from ``--config FILE`` or ``$PAHEKO_RECYCLIC_CONFIG``. F
 
 from __future__ import annotations
 
-import os
 import secrets
 import string
 import sys
@@ -24,9 +23,9 @@ def _create_app():
     from receiver.app import create_app
 
     try:
-        return create_app()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        return create_app(config_from_context())
+    except click.ClickException as exc:
+        raise NoAppException(exc.message) from None
 
 
 class ReceiverGroup(FlaskGroup):
@@ -37,9 +36,14 @@ class ReceiverGroup(FlaskGroup):
 
 
 def _remember_config(ctx: click.Context, _param, value: str | None) -> str | None:
-    if value:
-        os.environ[CONFIG_ENV] = str(Path(value).expanduser().resolve())
+    ctx.meta["config_path"] = value
     return value
+
+
+def config_path() -> str | None:
+    """``--config`` if given, else ``$PAHEKO_RECYCLIC_CONFIG`` (read by :func:`load_config`)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get("config_path") if ctx else None
 
 
 @click.group(
@@ -74,7 +78,7 @@ def main() -> None:
 def config_from_context() -> Config:
     """Load the configuration for a command, turning problems into a readable CLI error."""
     try:
-        return load_config()
+        return load_config(config_path())
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -127,7 +131,7 @@ def init(path: Path, force: bool) -> None:
 def check_config() -> None:
     """Validate the configuration and print every problem at once (exit 1 if any)."""
     try:
-        config = load_config()
+        config = load_config(config_path())
     except ConfigError as exc:
         click.echo(f"Configuration {exc.path or ''} has {len(exc.problems)} problem(s):", err=True)
         for problem in exc.problems:

@@ -214,7 +214,7 @@ class PahekoApiSchema(_Strict):
 
 
 class SourceSchema(_Strict):
-    timezone = TimeZoneField(load_default="Europe/Paris")
+    timezone = TimeZoneField(load_default=lambda: ZoneInfo("Europe/Paris"))
     webhook = fields.Nested(WebhookSchema, required=True)
     paheko = fields.Nested(PahekoApiSchema, required=True)
 

@@ -1,0 +1,128 @@
+"""The ledger: migrations, transitions, claims across threads and processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import inspect
+
+from receiver.ledger import Ledger, State
+from receiver.ledger.store import utcnow
+from receiver.ledger.tables import SCHEMA_VERSION
+
+
+@pytest.fixture
+def store(tmp_path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}")
+    ledger.migrate()
+    yield ledger
+    ledger.close()
+
+
+def test_migrate_creates_schema_once(tmp_path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'sub' / 'l.sqlite'}")
+    assert ledger.migrate() == (0, SCHEMA_VERSION)
+    assert ledger.migrate() == (SCHEMA_VERSION, SCHEMA_VERSION)
+    assert {"entries", "notifications", "state_changes", "meta"} <= set(inspect(ledger.engine).get_table_names())
+    with ledger.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    ledger.close()
+
+
+def test_newer_ledger_is_refused(store):
+    with store.transaction() as conn:
+        conn.exec_driver_sql("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
+    with pytest.raises(RuntimeError, match="newer"):
+        store.migrate()
+
+
+def test_transition_records_history_and_guards(store):
+    entry = store.record_notification("lab", 1, {}, origin="poller").entry
+    store.transition(entry.id, State.SNAPSHOT, expect=[State.NOTIFIED], snapshot={"x": 1})
+    with pytest.raises(LookupError):
+        store.transition(entry.id, State.FORWARDED, expect=[State.NOTIFIED])
+    held = store.transition(entry.id, State.HELD, reason="pourquoi")
+    assert held.snapshot == {"x": 1} and held.reason == "pourquoi"
+    assert [(h["from_state"], h["to_state"]) for h in store.history(entry.id)] == [
+        (None, "notified"), ("notified", "snapshot"), ("snapshot", "held")]
+
+
+def test_changed_figures_after_forwarding_hold_the_session(store):
+    entry = store.record_notification("lab", 1, {"result": 10}, origin="module").entry
+    store.transition(entry.id, State.FORWARDED)
+    recorded = store.record_notification("lab", 1, {"result": 11}, origin="module")
+    assert recorded.outcome == "changed" and recorded.entry.state == State.HELD
+    assert "changé" in recorded.entry.reason
+
+
+def test_changed_figures_before_forwarding_send_it_back_to_reread(store):
+    entry = store.record_notification("lab", 1, {"result": 10}, origin="module").entry
+    store.transition(entry.id, State.SNAPSHOT, snapshot={"old": True})
+    recorded = store.record_notification("lab", 1, {"result": 11}, origin="module")
+    assert recorded.entry.state == State.NOTIFIED and recorded.entry.snapshot is None
+
+
+def test_claim_takes_due_entries_once(store):
+    a = store.record_notification("lab", 1, {}, origin="module").entry
+    b = store.record_notification("lab", 2, {}, origin="module").entry
+    store.transition(b.id, State.FAILED, next_attempt_at=utcnow() + timedelta(hours=1))
+    first = store.claim("w1")
+    assert first.id == a.id
+    assert store.claim("w2") is None  # a is claimed, b is not due
+    assert store.claim("w2", now=utcnow() + timedelta(hours=2)).id == a.id  # a's lease expired
+    store.release_claim(a.id, "w2")
+    assert store.claim("w3").id == a.id
+
+
+def test_claim_is_exclusive_across_threads(store):
+    for i in range(1, 41):
+        store.record_notification("lab", i, {}, origin="module")
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def worker(name):
+        while (entry := store.claim(name)) is not None:
+            with lock:
+                claimed.append(entry.session_id)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(claimed) == list(range(1, 41))
+
+
+def _claim_all(url: str, name: str, queue) -> None:
+    ledger = Ledger(url)
+    got = []
+    while (entry := ledger.claim(name)) is not None:
+        got.append(entry.session_id)
+    queue.put(got)
+    ledger.close()
+
+
+def test_claim_is_exclusive_across_processes(store, tmp_path):
+    for i in range(1, 61):
+        store.record_notification("lab", i, {}, origin="module")
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    processes = [ctx.Process(target=_claim_all, args=(store.url, f"p{i}", queue)) for i in range(3)]
+    for process in processes:
+        process.start()
+    results = [queue.get(timeout=60) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+    assert sorted(s for r in results for s in r) == list(range(1, 61))
+
+
+def test_counts_and_list_filters(store):
+    store.record_notification("lab", 1, {}, origin="module")
+    e = store.record_notification("other", 1, {}, origin="module").entry
+    store.transition(e.id, State.HELD, reason="x")
+    assert store.counts() == {("lab", "notified"): 1, ("other", "held"): 1}
+    assert [x.source for x in store.list(states=[State.HELD])] == ["other"]
+    assert [x.session_id for x in store.list(source="lab")] == [1]
