@@ -101,8 +101,8 @@ class GunicornReceiver:
         env = {**os.environ, "PAHEKO_RECYCLIC_CONFIG": str(config_path)}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers),
-             "--log-level", "warning", "receiver.app:create_app()"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+             "--no-control-socket", "--log-level", "warning", "receiver.app:create_app()"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -117,8 +117,11 @@ class GunicornReceiver:
         raise RuntimeError(f"gunicorn did not start:\n{output}")
 
     def kill(self, sig: int = signal.SIGKILL) -> str:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
+        """Signal the whole process group (master and workers) and collect the output."""
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            pass
         out, _ = self.process.communicate(timeout=20)
         return out.decode(errors="replace")
 

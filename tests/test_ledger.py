@@ -126,3 +126,21 @@ def test_counts_and_list_filters(store):
     assert store.counts() == {("lab", "notified"): 1, ("other", "held"): 1}
     assert [x.source for x in store.list(states=[State.HELD])] == ["other"]
     assert [x.session_id for x in store.list(source="lab")] == [1]
+
+
+def test_first_released_schema_upgrades_keeping_data(tmp_path):
+    import shutil
+
+    from tests.conftest import FIXTURES
+
+    path = tmp_path / "old.sqlite"
+    shutil.copy(FIXTURES / "ledger-v1.sqlite", path)
+    ledger = Ledger(f"sqlite:///{path}")
+    assert ledger.migrate() == (1, SCHEMA_VERSION)
+    entry = ledger.get("lab", 1)
+    assert entry.summary == {"result": 12450} and entry.mapped is None
+    ledger.record_forward(entry.id, "sale", 3, status="sending", idempotency_key="k")
+    ledger.record_forward(entry.id, "sale", 3, status="done", sink_id="uuid-1", idempotency_key="k")
+    [(key, forward)] = ledger.forwards_of(entry.id).items()
+    assert key == ("sale", 3) and forward.status == "done" and forward.sink_id == "uuid-1"
+    ledger.close()

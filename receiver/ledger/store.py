@@ -46,6 +46,7 @@ class Entry:
     claimed_by: str | None
     claim_expires_at: datetime | None
     snapshot: dict | None
+    mapped: dict | None
     last_error: str | None
 
     @classmethod
@@ -57,8 +58,22 @@ class Entry:
             created_at=m["created_at"], updated_at=m["updated_at"], attempts=m["attempts"],
             next_attempt_at=m["next_attempt_at"], claimed_by=m["claimed_by"],
             claim_expires_at=m["claim_expires_at"],
-            snapshot=json.loads(m["snapshot"]) if m["snapshot"] else None, last_error=m["last_error"],
+            snapshot=json.loads(m["snapshot"]) if m["snapshot"] else None,
+            mapped=json.loads(m["mapped"]) if m["mapped"] else None, last_error=m["last_error"],
         )
+
+
+@dataclass(frozen=True)
+class Forward:
+    """What the ledger knows of one object sent to a sink."""
+
+    kind: str
+    paheko_id: int
+    status: str  # sending (outcome unknown until settled) | done
+    sink_id: str | None
+    idempotency_key: str | None
+    detail: str | None
+    updated_at: datetime
 
 
 @dataclass(frozen=True)
@@ -188,7 +203,7 @@ class Ledger:
                         self._set_state(conn, entry_id, current, State.HELD, CHANGED_AFTER_FORWARD, now, values)
                     elif current in (State.SNAPSHOT, State.MAPPED, State.DEAD):
                         reason = "Les chiffres annoncés ont changé : la session sera relue dans Paheko."
-                        values.update(next_attempt_at=None, snapshot=None)
+                        values.update(next_attempt_at=None, snapshot=None, mapped=None)
                         self._set_state(conn, entry_id, current, State.NOTIFIED, reason, now, values)
                 conn.execute(t.entries.update().where(t.entries.c.id == entry_id).values(**values))
             conn.execute(
@@ -312,12 +327,14 @@ class Ledger:
     ) -> Entry:
         """Move an entry to ``to_state`` (recording the change); ``expect`` guards the current state.
 
-        Extra keyword values are written to the entry in the same transaction (``snapshot`` is
-        serialised to JSON). Raises ``LookupError`` when the entry is not in an expected state.
+        Extra keyword values are written to the entry in the same transaction (``snapshot`` and
+        ``mapped`` are serialised to JSON). Raises ``LookupError`` when the entry is not in an
+        expected state.
         """
         now = utcnow()
-        if "snapshot" in values and values["snapshot"] is not None and not isinstance(values["snapshot"], str):
-            values["snapshot"] = _dump(values["snapshot"])
+        for key in ("snapshot", "mapped"):
+            if values.get(key) is not None and not isinstance(values[key], str):
+                values[key] = _dump(values[key])
         with self.engine.begin() as conn:
             row = conn.execute(select(t.entries).where(t.entries.c.id == entry_id)).first()
             if row is None:
@@ -344,6 +361,35 @@ class Ledger:
                 to_state=to_state.value, reason=reason,
             )
         )
+
+    # -- forwarding (write-ahead log of what was sent to the sink) ---------------------------
+
+    def forwards_of(self, entry_id: int) -> dict[tuple[str, int], Forward]:
+        """Everything recorded as sent (or being sent) for an entry, by (kind, paheko_id)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t.forwards).where(t.forwards.c.entry_id == entry_id)).all()
+        return {(r.kind, r.paheko_id): Forward(**{k: r._mapping[k] for k in Forward.__dataclass_fields__}) for r in rows}
+
+    def record_forward(
+        self,
+        entry_id: int,
+        kind: str,
+        paheko_id: int,
+        *,
+        status: str,
+        sink_id: str | None = None,
+        idempotency_key: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """Upsert one forward record and commit it (call with ``sending`` *before* the request leaves)."""
+        if status not in ("sending", "done"):
+            raise ValueError(f"unknown forward status {status!r}")
+        now = utcnow()
+        values = dict(status=status, sink_id=sink_id, idempotency_key=idempotency_key, detail=detail, updated_at=now)
+        key = and_(t.forwards.c.entry_id == entry_id, t.forwards.c.kind == kind, t.forwards.c.paheko_id == paheko_id)
+        with self.engine.begin() as conn:
+            if conn.execute(t.forwards.update().where(key).values(**values)).rowcount == 0:
+                conn.execute(t.forwards.insert().values(entry_id=entry_id, kind=kind, paheko_id=paheko_id, **values))
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    inspect,
     select,
 )
 from sqlalchemy.types import DateTime, TypeDecorator
@@ -70,6 +71,7 @@ entries = Table(
     Column("claimed_by", String(128)),
     Column("claim_expires_at", UTCDateTime),
     Column("snapshot", Text),  # JSON: the validated re-read of the session
+    Column("mapped", Text),  # JSON: the session in the sink's model (added by migration 2)
     Column("last_error", Text),
     UniqueConstraint("source", "session_id", name="uq_entries_source_session"),
 )
@@ -103,12 +105,40 @@ state_changes = Table(
 )
 
 
+#: Write-ahead record of everything sent to a sink: Paheko object → sink object, per entry.
+#: ``status``: ``sending`` is written before the request leaves, ``done`` (with ``sink_id``) after
+#: the answer; a ``sending`` row found later means the outcome is unknown and must be settled by
+#: reading the sink back before anything is sent again.
+forwards = Table(
+    "forwards",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("entry_id", Integer, ForeignKey("entries.id"), nullable=False),
+    Column("kind", String(16), nullable=False),  # session | sale | close | document
+    Column("paheko_id", Integer, nullable=False),  # session id, or tab id for a sale
+    Column("status", String(16), nullable=False),  # sending | done
+    Column("sink_id", String(128)),
+    Column("idempotency_key", String(128)),
+    Column("detail", Text),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("entry_id", "kind", "paheko_id", name="uq_forwards_entry_kind_paheko"),
+)
+
+
 def _v1(conn: Connection) -> None:
+    # create_all builds tables as they are today; later migrations skip what already exists.
     metadata.create_all(conn, tables=[meta, entries, notifications, state_changes])
 
 
+def _v2(conn: Connection) -> None:
+    """Mapped documents and the forward log (forwarding exactly once)."""
+    if "mapped" not in {c["name"] for c in inspect(conn).get_columns("entries")}:
+        conn.exec_driver_sql("ALTER TABLE entries ADD COLUMN mapped TEXT")
+    metadata.create_all(conn, tables=[forwards])
+
+
 #: Forward migrations, in order. Never edit a released one: append a new function.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
