@@ -153,11 +153,22 @@ def _redact_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+@main.group(cls=click.Group)
+def dev() -> None:
+    """Local stand-ins of Paheko and Recyclic, for tests, demos and replaying a backup."""
+
+
 def _register_subcommands() -> None:
     from receiver.commands import ledger, replay
+    from receiver.dev.paheko import paheko_command
+    from receiver.dev.recyclic import recyclic_command
+    from receiver.module.cli import module_group
 
     main.add_command(ledger.ledger_group)
     main.add_command(replay.replay)
+    main.add_command(module_group)
+    dev.add_command(paheko_command)
+    dev.add_command(recyclic_command)
 
 
 _register_subcommands()
