@@ -94,3 +94,67 @@ def show(ref: str, source: str | None, raw: bool) -> None:
         click.echo(f"  {local(n['received_at'], zone)}  {n['origin']:<8} {n['outcome']:<9} from {n['remote_addr'] or '-'}")
         if raw and n["raw_body"]:
             click.echo(f"    {n['raw_body']}")
+
+
+def _select(refs: tuple[str, ...], source: str | None, states: tuple[str, ...], allowed: tuple[State, ...]) -> list[Entry]:
+    """Entries named by REF, or all entries matching --source/--state, restricted to ``allowed`` states."""
+    if refs:
+        entries = [find_entry(ref, source) for ref in refs]
+    elif source or states:
+        entries = current_app_services().ledger.list(source=source, states=[State(s) for s in states] or allowed,
+                                                     limit=100_000)
+    else:
+        raise click.UsageError("name entries (ID or SOURCE:SESSION) or select them with --source/--state")
+    skipped = [e for e in entries if e.state not in allowed]
+    for e in skipped:
+        click.echo(f"  skipped entry {e.id} ({e.source}:{e.session_id}): it is {e.state.value}")
+    return [e for e in entries if e.state in allowed]
+
+
+def _bulk_options(fn):
+    fn = click.option("--state", "states", multiple=True, type=click.Choice([s.value for s in State if s != State.UNKNOWN]),
+                      help="Act on every entry in this state (repeatable).")(fn)
+    fn = click.option("--source", help="Only entries of this source (or read REFs as its session ids).")(fn)
+    return click.argument("refs", nargs=-1)(fn)
+
+
+@ledger_group.command("retry")
+@_bulk_options
+def retry(refs, source, states) -> None:
+    """Make failed or dead entries due now (the worker picks them up at once)."""
+    ledger = current_app_services().ledger
+    chosen = _select(refs, source, states, (State.FAILED, State.DEAD))
+    for e in chosen:
+        ledger.transition(e.id, State.FAILED, expect=[State.FAILED, State.DEAD], reason=e.reason,
+                          next_attempt_at=None, attempts=0 if e.state == State.DEAD else e.attempts)
+    click.echo(f"{len(chosen)} entr{'y' if len(chosen) == 1 else 'ies'} due now.")
+
+
+@ledger_group.command("release")
+@_bulk_options
+def release(refs, source, states) -> None:
+    """Send held, failed or dead entries through the whole pipeline again (after fixing the cause).
+
+    The session is re-read and re-mapped; what already reached Recyclic is never sent twice.
+    """
+    ledger = current_app_services().ledger
+    chosen = _select(refs, source, states, (State.HELD, State.FAILED, State.DEAD))
+    for e in chosen:
+        ledger.transition(e.id, State.NOTIFIED, expect=[State.HELD, State.FAILED, State.DEAD],
+                          reason="Libérée par un opérateur.", snapshot=None, mapped=None, attempts=0,
+                          next_attempt_at=None)
+    click.echo(f"{len(chosen)} entr{'y' if len(chosen) == 1 else 'ies'} released.")
+
+
+@ledger_group.command("hold")
+@_bulk_options
+@click.option("--reason", default="Mise en attente par un opérateur.", show_default=True,
+              help="Why (French: the Paheko admin sees it).")
+def hold(refs, source, states, reason) -> None:
+    """Stop the worker from touching entries until they are released."""
+    ledger = current_app_services().ledger
+    movable = (State.NOTIFIED, State.SNAPSHOT, State.MAPPED, State.FAILED, State.DEAD)
+    chosen = _select(refs, source, states, movable)
+    for e in chosen:
+        ledger.transition(e.id, State.HELD, expect=movable, reason=reason)
+    click.echo(f"{len(chosen)} entr{'y' if len(chosen) == 1 else 'ies'} held.")

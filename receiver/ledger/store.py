@@ -283,20 +283,42 @@ class Ledger:
             ).all()
         return {(source, state): n for source, state, n in rows}
 
+    def overview(self) -> dict[str, dict]:
+        """Per source: entries per state, oldest unfinished entry, last notification from a module."""
+        pending = [s.value for s in ACTIVE]
+        with self.engine.connect() as conn:
+            oldest = dict(conn.execute(
+                select(t.entries.c.source, func.min(t.entries.c.created_at))
+                .where(t.entries.c.state.in_(pending)).group_by(t.entries.c.source)
+            ).all())
+            last = dict(conn.execute(
+                select(t.entries.c.source, func.max(t.notifications.c.received_at))
+                .join(t.entries, t.entries.c.id == t.notifications.c.entry_id)
+                .where(t.notifications.c.origin == "module").group_by(t.entries.c.source)
+            ).all())
+        out: dict[str, dict] = {}
+        for (source, state), n in self.counts().items():
+            out.setdefault(source, {"states": {}})["states"][state] = n
+        for source, info in out.items():
+            info["oldest_pending"] = oldest.get(source)
+            info["last_notification"] = last.get(source)
+        return out
+
     # -- worker side -----------------------------------------------------------------------
 
     def claim(self, worker: str, *, lease: timedelta = timedelta(minutes=5), now: datetime | None = None,
-              source: str | None = None) -> Entry | None:
-        """Claim the oldest entry that is due, or ``None``. Safe across threads and processes."""
+              entry_id: int | None = None) -> Entry | None:
+        """Claim the oldest entry that is due (or entry ``entry_id``, due or not), or ``None``.
+
+        Safe across threads and processes: the final UPDATE only succeeds on an unclaimed row.
+        """
         now = now or utcnow()
         free = or_(t.entries.c.claim_expires_at.is_(None), t.entries.c.claim_expires_at < now)
-        due = and_(
-            t.entries.c.state.in_([s.value for s in ACTIVE]),
-            or_(t.entries.c.next_attempt_at.is_(None), t.entries.c.next_attempt_at <= now),
-            free,
-        )
-        if source:
-            due = and_(due, t.entries.c.source == source)
+        due = and_(t.entries.c.state.in_([s.value for s in ACTIVE]), free)
+        if entry_id is None:
+            due = and_(due, or_(t.entries.c.next_attempt_at.is_(None), t.entries.c.next_attempt_at <= now))
+        else:
+            due = and_(due, t.entries.c.id == entry_id)
         with self.engine.begin() as conn:
             for (candidate,) in conn.execute(select(t.entries.c.id).where(due).order_by(t.entries.c.id).limit(5)):
                 taken = conn.execute(
@@ -390,6 +412,17 @@ class Ledger:
         with self.engine.begin() as conn:
             if conn.execute(t.forwards.update().where(key).values(**values)).rowcount == 0:
                 conn.execute(t.forwards.insert().values(entry_id=entry_id, kind=kind, paheko_id=paheko_id, **values))
+
+    # -- small named values (poll watermarks, …) -------------------------------------------
+
+    def get_value(self, key: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(t.meta.c.value).where(t.meta.c.key == key)).scalar()
+
+    def set_value(self, key: str, value: str) -> None:
+        with self.engine.begin() as conn:
+            if conn.execute(t.meta.update().where(t.meta.c.key == key).values(value=value)).rowcount == 0:
+                conn.execute(t.meta.insert().values(key=key, value=value))
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

@@ -1,0 +1,181 @@
+"""``paheko-recyclic poll | worker | status | backfill``: run and watch the pipeline."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from datetime import UTC, date, datetime
+
+import click
+
+from receiver.cli import current_app_services
+from receiver.commands.ledger import local, table
+from receiver.ledger import State
+from receiver.ledger.store import utcnow
+
+
+def _sources(name: str | None):
+    sources = current_app_services().config.sources
+    if name is None:
+        return list(sources.values())
+    if name not in sources:
+        raise click.ClickException(f"no source {name!r} in the configuration (known: {', '.join(sources)})")
+    return [sources[name]]
+
+
+def _worker():
+    from receiver.worker import Worker
+
+    svc = current_app_services()
+    return Worker(svc.config, svc.ledger)
+
+
+@click.command()
+@click.option("--once", is_flag=True, required=True, help="Run one pass and exit (the worker polls continuously).")
+@click.option("--source", help="Only this source.")
+def poll(once: bool, source: str | None) -> None:
+    """Find closed sessions in Paheko that no notification announced, and queue them.
+
+    The worker runs this every [worker] poll_interval seconds; use it by hand to check a source.
+    """
+    from receiver.reread.client import PahekoError
+    from receiver.reread.poller import poll_source
+
+    worker = _worker()
+    failed = False
+    try:
+        for src in _sources(source):
+            try:
+                report = poll_source(src, worker.client(src), worker.ledger)
+            except PahekoError as exc:
+                click.echo(f"{src.name}: poll failed: {exc}", err=True)
+                failed = True
+                continue
+            found = ", ".join(map(str, report.found)) or "none"
+            click.echo(f"{src.name}: scanned {report.scanned} closed session(s) from id {report.watermark_before} "
+                       f"in {report.requests} request(s); new: {found}; next pass starts at id {report.watermark_after}")
+    finally:
+        worker.close()
+    if failed:
+        raise SystemExit(1)
+
+
+@click.command()
+@click.option("--once", is_flag=True, help="Poll every source, process everything due, then exit.")
+@click.option("--threads", default=1, show_default=True, help="Entries processed in parallel.")
+def worker(once: bool, threads: int) -> None:
+    """Drive ledger entries to Recyclic: re-read, map, forward; and poll every source.
+
+    Safe to run several times at once (threads, processes, machines sharing a PostgreSQL ledger):
+    an entry is claimed by one worker at a time. Stops cleanly on SIGTERM / Ctrl-C.
+    """
+    if once:
+        w = _worker()
+        try:
+            w.poll_due_sources(force=True)
+            steps = w.run_once()
+        finally:
+            w.close()
+        click.echo(f"Processed {steps} entr{'y' if steps == 1 else 'ies'}.")
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    workers = [_worker() for _ in range(max(1, threads))]
+    runners = [threading.Thread(target=w.run_forever, args=(stop,), name=f"worker-{i}") for i, w in enumerate(workers)]
+    click.echo(f"Worker running with {len(workers)} thread(s); Ctrl-C or SIGTERM stops it.")
+    for runner in runners:
+        runner.start()
+    for runner in runners:
+        runner.join()
+    for w in workers:
+        w.close()
+    click.echo("Worker stopped.")
+
+
+def _age(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    seconds = int((utcnow() - moment).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
+@click.command()
+def status() -> None:
+    """Per source: last notification, last poll, pending, held (with reasons), failed, dead, oldest pending.
+
+    The command to run when someone asks "did yesterday's till reach Recyclic?".
+    """
+    svc = current_app_services()
+    overview = svc.ledger.overview()
+    for src in svc.config.sources.values():
+        info = overview.get(src.name, {"states": {}, "oldest_pending": None, "last_notification": None})
+        states = info["states"]
+        last_poll = svc.ledger.get_value(f"last_poll:{src.name}")
+        pending = sum(states.get(s.value, 0) for s in (State.NOTIFIED, State.SNAPSHOT, State.MAPPED))
+        click.echo(f"Source {src.name} ({src.paheko.url})")
+        click.echo(f"  last notification: {local(info['last_notification'], src.timezone)}"
+                   f"   last poll: {local(datetime.fromisoformat(last_poll), src.timezone) if last_poll else '-'}")
+        click.echo(f"  forwarded {states.get('forwarded', 0)}, pending {pending}, failed {states.get('failed', 0)}, "
+                   f"held {states.get('held', 0)}, dead {states.get('dead', 0)}; "
+                   f"oldest pending: {_age(info['oldest_pending'])}")
+        stuck = svc.ledger.list(source=src.name, states=[State.HELD, State.FAILED, State.DEAD], limit=20)
+        if stuck:
+            rows = [[str(e.session_id), e.state.value, local(e.updated_at, src.timezone), (e.reason or "")[:90]]
+                    for e in stuck]
+            click.echo("\n".join("  " + line for line in table(["session", "state", "since", "reason"], rows).splitlines()))
+
+
+@click.command()
+@click.option("--source", required=True, help="The source to walk.")
+@click.option("--since", required=True, type=click.DateTime(["%Y-%m-%d"]), help="First closing day (local), YYYY-MM-DD.")
+@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Last closing day (local), inclusive. Default: today.")
+def backfill(source: str, since: datetime, until: datetime | None) -> None:
+    """Send every session closed in a date range through the normal pipeline.
+
+    Idempotent: sessions already forwarded are reported, never sent again.
+    """
+    from receiver.reread.client import PahekoError, sql_text
+
+    [src] = _sources(source)
+    w = _worker()
+    last_day = (until.date() if until else date.today()).isoformat() + " 23:59:59"
+    try:
+        ids: list[int] = []
+        after = 0
+        while True:
+            rows = w.client(src).sql(
+                "SELECT id FROM plugin_pos_sessions WHERE closed IS NOT NULL"
+                f" AND closed >= {sql_text(since.date().isoformat())} AND closed <= {sql_text(last_day)}"
+                f" AND id > {after} ORDER BY id LIMIT 500"
+            ).rows
+            ids += [r["id"] for r in rows]
+            if len(rows) < 500:
+                break
+            after = rows[-1]["id"]
+        click.echo(f"{len(ids)} closed session(s) in Paheko between {since.date()} and {last_day[:10]}.")
+        outcome: dict[str, list[int]] = {}
+        with click.progressbar(ids, label="Backfilling", show_pos=True) as bar:
+            for session_id in bar:
+                recorded = w.ledger.record_notification(src.name, session_id, {}, origin="backfill")
+                entry = recorded.entry
+                if entry.state == State.FORWARDED and not recorded.is_new:
+                    outcome.setdefault("already forwarded", []).append(session_id)
+                    continue
+                claimed = w.ledger.claim(w.name, entry_id=entry.id)
+                if claimed is not None:
+                    try:
+                        entry = w.process(claimed)
+                    finally:
+                        w.ledger.release_claim(claimed.id, w.name)
+                outcome.setdefault(entry.state.value, []).append(session_id)
+    except PahekoError as exc:
+        raise click.ClickException(f"Paheko: {exc}") from None
+    finally:
+        w.close()
+    for state, sessions in sorted(outcome.items()):
+        click.echo(f"  {state}: {len(sessions)} — sessions {', '.join(map(str, sessions[:30]))}"
+                   + (" …" if len(sessions) > 30 else ""))
