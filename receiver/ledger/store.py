@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+import threading
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -110,6 +111,19 @@ class Ledger:
     def __init__(self, url: str, *, pool_size: int = 5):
         self.url = url
         self.engine = self._make_engine(url, pool_size)
+        # SQLite has one writer at a time; queueing this process's writers on a lock is fair and
+        # prompt, where SQLite's busy handler would make them sleep and retry.
+        self._write_lock = threading.Lock() if url.startswith("sqlite") else None
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction, committed on exit."""
+        if self._write_lock is None:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self._write_lock, self.engine.begin() as conn:
+            yield conn
 
     @staticmethod
     def _make_engine(url: str, pool_size: int) -> Engine:
@@ -139,21 +153,20 @@ class Ledger:
     # -- lifecycle -------------------------------------------------------------------------
 
     def migrate(self) -> tuple[int, int]:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             return t.migrate(conn)
 
     def check_writable(self) -> None:
         """Raise if the ledger cannot take a write right now (used by /readyz)."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(t.meta.update().where(t.meta.c.key == "schema_version").values(value=t.meta.c.value))
 
     def close(self) -> None:
         self.engine.dispose()
 
-    @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
-            yield conn
+    def transaction(self):
+        """A write transaction for callers outside the ledger (tests, maintenance)."""
+        return self._write()
 
     # -- intake ----------------------------------------------------------------------------
 
@@ -175,11 +188,11 @@ class Ledger:
         back to be re-read (or to a person, when it already reached Recyclic).
         """
         now = utcnow()
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             row = self._entry_row(conn, source, session_id)
             if row is None:
                 try:
-                    with conn.begin_nested():
+                    with conn.begin_nested() if self._write_lock is None else nullcontext():
                         entry_id = conn.execute(
                             t.entries.insert().values(
                                 source=source, session_id=session_id, state=State.NOTIFIED.value,
@@ -319,7 +332,7 @@ class Ledger:
             due = and_(due, or_(t.entries.c.next_attempt_at.is_(None), t.entries.c.next_attempt_at <= now))
         else:
             due = and_(due, t.entries.c.id == entry_id)
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             for (candidate,) in conn.execute(select(t.entries.c.id).where(due).order_by(t.entries.c.id).limit(5)):
                 taken = conn.execute(
                     t.entries.update()
@@ -331,7 +344,7 @@ class Ledger:
         return None
 
     def release_claim(self, entry_id: int, worker: str) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 t.entries.update()
                 .where(t.entries.c.id == entry_id, t.entries.c.claimed_by == worker)
@@ -357,7 +370,7 @@ class Ledger:
         for key in ("snapshot", "mapped"):
             if values.get(key) is not None and not isinstance(values[key], str):
                 values[key] = _dump(values[key])
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             row = conn.execute(select(t.entries).where(t.entries.c.id == entry_id)).first()
             if row is None:
                 raise LookupError(f"no ledger entry {entry_id}")
@@ -409,7 +422,7 @@ class Ledger:
         now = utcnow()
         values = dict(status=status, sink_id=sink_id, idempotency_key=idempotency_key, detail=detail, updated_at=now)
         key = and_(t.forwards.c.entry_id == entry_id, t.forwards.c.kind == kind, t.forwards.c.paheko_id == paheko_id)
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             if conn.execute(t.forwards.update().where(key).values(**values)).rowcount == 0:
                 conn.execute(t.forwards.insert().values(entry_id=entry_id, kind=kind, paheko_id=paheko_id, **values))
 
@@ -420,7 +433,7 @@ class Ledger:
             return conn.execute(select(t.meta.c.value).where(t.meta.c.key == key)).scalar()
 
     def set_value(self, key: str, value: str) -> None:
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             if conn.execute(t.meta.update().where(t.meta.c.key == key).values(value=value)).rowcount == 0:
                 conn.execute(t.meta.insert().values(key=key, value=value))
 

@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Acknowledgement latency and throughput of the notification endpoint under gunicorn on loopback.
+
+Each notification is a new session (a real ledger write, fsync'd) and is compared with ``/healthz``
+on the same server, the trivial-route baseline. Prints p50/p99 latency, throughput and the ratio.
+Target (issue 2): p99 under 20 ms and within 3x of the trivial route.
+
+    python bench/intake.py [--requests 2000] [--concurrency 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+USER, PASSWORD = "benchmodule", "BenchPassword123"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(workdir: Path) -> tuple[subprocess.Popen, str]:
+    config = workdir / "config.toml"
+    config.write_text(f"""
+[receiver]
+ledger = "sqlite:///{workdir / 'ledger.sqlite'}"
+[sources.bench.webhook]
+user = "{USER}"
+password = "{PASSWORD}"
+[sources.bench.paheko]
+url = "http://paheko.invalid"
+api_user = "x"
+api_password = "x"
+""")
+    port = free_port()
+    shipped = ROOT / "deploy" / "gunicorn.conf.py"
+    args = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--no-control-socket"]
+    args += ["--config", str(shipped)] if shipped.exists() else ["--workers", "1", "--threads", "8", "-k", "gthread"]
+    env = {**os.environ, "PAHEKO_RECYCLIC_CONFIG": str(config), "GUNICORN_BIND": f"127.0.0.1:{port}"}
+    process = subprocess.Popen([*args, "receiver.app:create_app()"], env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx.get(url + "/healthz", timeout=0.5).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    raise SystemExit("gunicorn did not start: " + process.stderr.read().decode())
+
+
+def measure(url: str, requests: int, concurrency: int, make_request) -> tuple[list[float], float]:
+    """Latencies (ms) of ``requests`` calls spread over ``concurrency`` threads, and wall time (s)."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    counter = iter(range(requests))
+
+    def run():
+        with httpx.Client(base_url=url, timeout=10) as client:
+            while True:
+                with lock:
+                    n = next(counter, None)
+                if n is None:
+                    return
+                started = time.perf_counter()
+                response = make_request(client, n)
+                elapsed = (time.perf_counter() - started) * 1000
+                assert response.status_code < 300, response.text
+                with lock:
+                    latencies.append(elapsed)
+
+    threads = [threading.Thread(target=run) for _ in range(concurrency)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, time.perf_counter() - started
+
+
+def pct(values: list[float], p: float) -> float:
+    return statistics.quantiles(values, n=1000)[int(p * 10) - 1] if len(values) > 1 else values[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+    auth = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode(),
+            "Content-Type": "application/json"}
+    offset = [0]
+
+    def notify(client: httpx.Client, n: int) -> httpx.Response:
+        body = {"event": "session.closed", "session_id": offset[0] + n + 1, "closed": "2026-11-24 18:00:00",
+                "result": 12450, "nb_tabs": 5, "payments": [{"method_id": 1, "total": 1950}]}
+        return client.post("/api/paheko/caisse/v1/session-closed", content=json.dumps(body), headers=auth)
+
+    def health(client: httpx.Client, n: int) -> httpx.Response:
+        return client.get("/healthz")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        process, url = start_server(Path(tmp))
+        try:
+            measure(url, 200, args.concurrency, health)  # warm-up
+            measure(url, 200, args.concurrency, notify)
+            offset[0] = 10_000_000
+            print(f"gunicorn on loopback, {args.requests} requests per route, {args.concurrency} client threads, "
+                  f"{os.cpu_count()} cores")
+            rows = []
+            for name, fn in (("trivial /healthz", health), ("notification (new session, committed)", notify)):
+                for mode, concurrency in (("sequential", 1), ("concurrent", args.concurrency)):
+                    lat, wall = measure(url, args.requests, concurrency, fn)
+                    rows.append((name, mode, pct(lat, 50), pct(lat, 99), args.requests / wall))
+                    if fn is notify:
+                        offset[0] += args.requests
+            for name, mode, p50, p99, rps in rows:
+                print(f"  {name:<40} {mode:<11} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  {rps:7.0f} req/s")
+            for mode_index, mode in ((0, "sequential"), (1, "concurrent")):
+                base, notif = rows[mode_index], rows[2 + mode_index]
+                verdict = "OK" if notif[3] < 20 and notif[3] <= 3 * max(base[3], 1.0) else "MISSED"
+                print(f"  {mode}: p99 ratio notification/trivial = {notif[3] / base[3]:.2f}x "
+                      f"(p99 {notif[3]:.2f} ms; target < 20 ms and <= 3x, floor 1 ms) -> {verdict}")
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
