@@ -296,3 +296,20 @@ def test_secrets_never_appear_in_answers_or_logs(client, caplog, app, config):
 def test_schema_documents_every_field():
     assert set(NotificationSchema().fields) == {
         "event", "session_id", "closed", "result", "nb_tabs", "payments", "module_version", "event_id"}
+
+
+def test_previous_credentials_work_during_rotation(tmp_path):
+    from receiver.app import create_app
+    from receiver.config import parse_config
+    from tests.conftest import config_document
+
+    document = config_document(tmp_path)
+    document["sources"]["lab"]["webhook"]["previous"] = [{"user": "oldmodule", "password": "OldPassword1"}]
+    app = create_app(parse_config(document))
+    client = app.test_client()
+    assert post(client, GOOD, basic("oldmodule", "OldPassword1")).status_code == 201
+    assert post(client, {**GOOD, "session_id": 3}).status_code == 201
+    assert post(client, GOOD, basic("oldmodule", WEBHOOK_PASSWORD)).status_code == 403
+    ledger = app.extensions["paheko_recyclic"].ledger
+    assert {e.source for e in ledger.list()} == {"lab"}
+    ledger.close()

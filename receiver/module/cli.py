@@ -29,9 +29,11 @@ def lint_command(path: Path | None, name: str | None) -> None:
     for problem in problems:
         click.echo(str(problem))
     errors = sum(problem.is_error for problem in problems)
+    summary = f"{path}: {errors} error(s), {len(problems) - errors} warning(s)"
     if errors:
-        click.echo(f"{errors} error(s), {len(problems) - errors} warning(s)", err=True)
+        click.echo(summary, err=True)
         raise SystemExit(1)
+    click.echo(summary)
 
 
 @module_group.command("build")
