@@ -153,6 +153,8 @@ class ReceiverSettings:
     auth_failure_limit: int = 10
     auth_failure_window: float = 60.0
     trusted_proxies: int = 0
+    metrics_token: Secret | None = None  # bearer token for /metrics; without it, loopback only
+    raw_body_retention_days: int = 30  # `maintenance prune` clears raw notification bodies older than this
 
 
 @dataclass(frozen=True)
@@ -225,6 +227,8 @@ class ReceiverSettingsSchema(_Strict):
     auth_failure_limit = fields.Integer(load_default=10, strict=True, validate=validate.Range(min=1))
     auth_failure_window = fields.Float(load_default=60.0, validate=validate.Range(min=1))
     trusted_proxies = fields.Integer(load_default=0, strict=True, validate=validate.Range(min=0, max=5))
+    metrics_token = SecretField(load_default=None)
+    raw_body_retention_days = fields.Integer(load_default=30, strict=True, validate=validate.Range(min=1))
 
 
 class WorkerSettingsSchema(_Strict):
