@@ -8,6 +8,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from receiver.config import Config, load_config
 from receiver.intake.auth import FailureThrottle
 from receiver.ledger import Ledger
+from receiver.logs import configure_logging
 from receiver.services import EXTENSION, Metrics, Services
 
 
@@ -17,6 +18,7 @@ def create_app(config: Config | None = None) -> Flask:
     The ledger is migrated here, so a receiver never serves on an outdated schema.
     """
     config = config or load_config()
+    configure_logging(config)
     app = Flask("receiver")
     app.config.update(MAX_CONTENT_LENGTH=config.receiver.max_body_bytes, JSON_SORT_KEYS=False)
     app.json.ensure_ascii = True  # \uXXXX escapes: safe whatever Paheko's PHP does with charsets

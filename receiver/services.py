@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from flask import current_app
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from receiver.config import Config
 from receiver.intake.auth import FailureThrottle
@@ -14,21 +17,72 @@ from receiver.ledger import Ledger
 EXTENSION = "paheko_recyclic"
 
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
 @dataclass
 class Metrics:
-    """Prometheus counters of this process, in a registry of its own."""
+    """Prometheus counters of this process, in a registry of its own.
+
+    Intake (receiver) counters:
+
+    - ``notifications{source, outcome}``: new | duplicate | changed | rejected;
+    - ``rejections{source, reason}``: why a notification was refused (call :meth:`rejected`);
+    - ``auth_failures{status}``: 401 (no credentials), 403 (wrong), 429 (throttled).
+
+    Worker counters (the worker increments them after each step):
+
+    - ``snapshots{source, outcome}``: a re-read through Paheko's API — ``ok``, ``failed`` (will
+      retry), ``held`` (a person must act), ``dead``;
+    - ``forwards{source, outcome}``: a delivery to the sink — same outcomes.
+
+    With ``$PROMETHEUS_MULTIPROC_DIR`` set (``deploy/``: every gunicorn worker and the pipeline
+    worker of one host share it), values live in that directory and :meth:`exposition` sums them
+    over all processes; without it, each process counts alone.
+    """
 
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def __post_init__(self) -> None:
-        self.notifications = Counter(
-            "paheko_recyclic_notifications", "Notifications by outcome (new, duplicate, changed, rejected).",
-            ["source", "outcome"], registry=self.registry,
-        )
-        self.auth_failures = Counter(
-            "paheko_recyclic_auth_failures", "Refused module authentications by HTTP status.",
-            ["status"], registry=self.registry,
-        )
+        self.multiprocess_dir = os.environ.get(MULTIPROC_ENV) or None
+        if self.multiprocess_dir:
+            os.makedirs(self.multiprocess_dir, exist_ok=True)
+
+        def counter(name: str, doc: str, labels: list[str]) -> Counter:
+            return Counter(f"paheko_recyclic_{name}", doc, labels, registry=self.registry)
+
+        self.notifications = counter(
+            "notifications", "Notifications by outcome (new, duplicate, changed, rejected).", ["source", "outcome"])
+        self.rejections = counter("notification_rejections", "Refused notifications by reason.", ["source", "reason"])
+        self.auth_failures = counter(
+            "auth_failures", "Refused module authentications by HTTP status.", ["status"])
+        self.snapshots = counter(
+            "snapshots", "Re-reads of a session through Paheko's API by outcome (ok, failed, held, dead).",
+            ["source", "outcome"])
+        self.forwards = counter(
+            "forwards", "Deliveries of a session to its sink by outcome (ok, failed, held, dead).",
+            ["source", "outcome"])
+
+    def rejected(self, source: str, reason: str) -> None:
+        """Count a refused notification (``reason``: content_type, empty, json, invalid, …)."""
+        self.notifications.labels(source=source, outcome="rejected").inc()
+        self.rejections.labels(source=source, reason=reason).inc()
+
+    def exposition(self, *collectors: Collector) -> bytes:
+        """The Prometheus text format of these counters (all processes) followed by ``collectors``."""
+        own: Collector = MultiProcessCollector(None, self.multiprocess_dir) if self.multiprocess_dir else self.registry
+        return generate_latest(_Chain((own, *collectors)))
+
+
+class _Chain:
+    """Several collectors seen as one (what ``generate_latest`` walks)."""
+
+    def __init__(self, collectors: tuple[Collector, ...]):
+        self.collectors = collectors
+
+    def collect(self):
+        for collector in self.collectors:
+            yield from collector.collect()
 
 
 @dataclass
