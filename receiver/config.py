@@ -21,6 +21,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
+from receiver.mapping.config import Mapping, MappingSchema
+
 CONFIG_ENV = "PAHEKO_RECYCLIC_CONFIG"
 WEBHOOK_CREDENTIAL = re.compile(r"^[A-Za-z0-9]+$")
 SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -144,6 +146,7 @@ class Source:
     timezone: ZoneInfo
     webhook: tuple[WebhookCredential, ...]
     paheko: PahekoApi
+    mapping: Mapping = field(default_factory=Mapping)
 
 
 @dataclass(frozen=True)
@@ -219,6 +222,7 @@ class SourceSchema(_Strict):
     timezone = TimeZoneField(load_default=lambda: ZoneInfo("Europe/Paris"))
     webhook = fields.Nested(WebhookSchema, required=True)
     paheko = fields.Nested(PahekoApiSchema, required=True)
+    mapping = fields.Nested(MappingSchema, load_default=Mapping)
 
 
 class ReceiverSettingsSchema(_Strict):
@@ -300,7 +304,8 @@ def parse_config(document: dict, path: Path | None = None) -> Config:
         # Relative SQLite paths are relative to the configuration file, not the working directory.
         ledger = f"sqlite:///{(base / ledger[len('sqlite:///'):]).resolve()}"
     sources = {
-        name: Source(name=name, timezone=s["timezone"], webhook=s["webhook"], paheko=s["paheko"])
+        name: Source(name=name, timezone=s["timezone"], webhook=s["webhook"], paheko=s["paheko"],
+                     mapping=s["mapping"])
         for name, s in data["sources"].items()
     }
     return Config(
