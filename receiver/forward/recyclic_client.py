@@ -1,0 +1,339 @@
+"""An httpx client for Recyclic's cashier API, as the dedicated machine user.
+
+Recyclic has no API keys: the client logs in (``POST /auth/login``), caches the bearer token, refreshes it
+under v2 (the refresh token rotates) and logs in again once when a request gets 401. Logins are limited to
+10 per minute per client IP, successes included, answered by a 429 without ``Retry-After``: the client keeps
+its own count and never exceeds it. A 429 with ``Retry-After`` is waited for in place when short, otherwise
+raised. Nothing else is retried here: after a 5xx or a broken connection the outcome of a POST is unknown,
+and only the caller (the sink, with its ledger) can settle it. Every request carries its own
+``X-Request-Id`` (Recyclic echoes it as ``correlation_id``) and never an ``X-Recyclique-Context-*`` header.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from marshmallow import EXCLUDE, Schema, fields, post_load
+
+from receiver import __version__
+from receiver.forward.config import RecyclicSinkConfig
+
+USER_AGENT = f"paheko-recyclic/{__version__}"
+LOGIN_LIMIT = 10
+LOGIN_WINDOW = 60.0
+#: Refresh a token this many seconds before Recyclic says it expires.
+TOKEN_MARGIN = 60.0
+#: Recyclic 1.3 has no payment-method listing: its only codes.
+LEGACY_PAYMENT_METHODS = (("cash", "Espèces"), ("card", "Carte bancaire"), ("check", "Chèque"))
+#: 4xx codes of the step-up PIN check on a v2 close.
+PIN_CODES = frozenset({"STEP_UP_PIN_INVALID", "STEP_UP_PIN_REQUIRED", "STEP_UP_LOCKED"})
+
+
+@dataclass(frozen=True)
+class RecyclicRequest:
+    """What was asked, for errors and logs (never a body, token, password or PIN)."""
+
+    method: str
+    url: str
+    request_id: str
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.url} (X-Request-Id {self.request_id})"
+
+
+class RecyclicError(Exception):
+    """Base of every failure to get a usable answer from Recyclic; ``transient``: trying later may help."""
+
+    transient = False
+
+    def __init__(self, message: str, request: RecyclicRequest, *, status: int | None = None,
+                 code: str | None = None, detail: Any = None):
+        super().__init__(message)
+        self.message = message
+        self.request = request
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.message} [{self.request}]"
+
+
+class RecyclicUnavailable(RecyclicError):
+    """No answer (connection, timeout) or a 5xx: for a POST, whether it was applied is unknown."""
+
+    transient = True
+
+
+class RecyclicRateLimited(RecyclicError):
+    """429: try again after ``retry_after`` seconds (``None``: unknown)."""
+
+    transient = True
+
+    def __init__(self, message: str, request: RecyclicRequest, *, retry_after: float | None, **kwargs):
+        super().__init__(message, request, **kwargs)
+        self.retry_after = retry_after
+
+
+class RecyclicAuthError(RecyclicError):
+    """The machine user cannot log in (wrong credentials) or lacks the ``admin`` role (403)."""
+
+
+class RecyclicRefused(RecyclicError):
+    """Any other 4xx: Recyclic understood and refused; ``code`` and ``detail`` come from its envelope."""
+
+
+@dataclass(frozen=True)
+class Category:
+    id: str
+    name: str
+    parent_id: str | None
+    is_active: bool
+
+
+@dataclass(frozen=True)
+class Site:
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Register:
+    id: str
+    name: str
+    site_id: str | None
+
+
+@dataclass(frozen=True)
+class PaymentMethod:
+    code: str
+    label: str
+
+
+class _Reference(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    model: type = object
+
+    @post_load
+    def make(self, data, **kwargs):
+        return self.model(**data)
+
+
+class _CategorySchema(_Reference):
+    model = Category
+    id = fields.String(required=True)
+    name = fields.String(required=True)
+    parent_id = fields.String(load_default=None, allow_none=True)
+    is_active = fields.Boolean(load_default=True)
+
+
+class _SiteSchema(_Reference):
+    model = Site
+    id = fields.String(required=True)
+    name = fields.String(required=True)
+
+
+class _RegisterSchema(_Reference):
+    model = Register
+    id = fields.String(required=True)
+    name = fields.String(required=True)
+    site_id = fields.String(load_default=None, allow_none=True)
+
+
+class _PaymentMethodSchema(_Reference):
+    model = PaymentMethod
+    code = fields.String(required=True)
+    label = fields.String(load_default="")
+
+
+class _TokenSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    access_token = fields.String(required=True)
+    refresh_token = fields.String(load_default=None, allow_none=True)
+    expires_in = fields.Float(load_default=None, allow_none=True)
+
+
+class RecyclicClient:
+    """One sink's connection to Recyclic: ``with RecyclicClient(config) as client: client.sites()``.
+
+    ``sleep`` and ``clock`` (monotonic seconds) are injectable so tests never wait; ``transport`` lets
+    tests plug an httpx transport.
+    """
+
+    def __init__(self, config: RecyclicSinkConfig, *, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic, transport: httpx.BaseTransport | None = None,
+                 max_rate_limit_retries: int = 3):
+        self.config = config
+        self._sleep = sleep
+        self._clock = clock
+        self._max_rate_limit_retries = max_rate_limit_retries
+        self._http = httpx.Client(
+            base_url=config.url + "/",
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+            timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout, pool=config.connect_timeout),
+            follow_redirects=False,
+            transport=transport,
+        )
+        self._access: str | None = None
+        self._refresh: str | None = None
+        self._expires_at: float | None = None
+        self._logins: deque[float] = deque()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RecyclicClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- reference data (for ``mapping suggest`` and checks) -------------------------------------
+
+    def categories(self) -> list[Category]:
+        return _CategorySchema(many=True).load(self.get("categories/"))
+
+    def sites(self) -> list[Site]:
+        return _SiteSchema(many=True).load(self.get("sites/"))
+
+    def registers(self) -> list[Register]:
+        return _RegisterSchema(many=True).load(self.get("cash-registers/"))
+
+    def payment_methods(self) -> list[PaymentMethod]:
+        """v2's options; Recyclic 1.3 has no such route (404) and only knows cash, card and check."""
+        try:
+            return _PaymentMethodSchema(many=True).load(self.get("sales/payment-method-options"))
+        except RecyclicRefused as exc:
+            if exc.status != 404:
+                raise
+            return [PaymentMethod(code, label) for code, label in LEGACY_PAYMENT_METHODS]
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def post(self, path: str, body: dict[str, Any], *, headers: dict[str, str] | None = None) -> Any:
+        return self.request("POST", path, json=body, headers=headers)
+
+    def request(self, method: str, path: str, *, json: Any = None, headers: dict[str, str] | None = None) -> Any:
+        """An authenticated request (``path`` relative to the base URL); the decoded JSON answer.
+
+        Raises :class:`RecyclicError` subclasses. 401 → log in again, once; a short ``Retry-After`` is
+        waited for (up to ``max_retry_wait`` seconds, a few times).
+        """
+        relogged = False
+        rate_limited = 0
+        while True:
+            token = self._token()
+            try:
+                return self._exchange(method, path, json, {**(headers or {}), "Authorization": f"Bearer {token}"})
+            except RecyclicAuthError as exc:
+                if exc.status != 401 or relogged:
+                    raise
+                relogged = True
+                self._access = None  # refresh (v2) or log in again, once
+            except RecyclicRateLimited as exc:
+                rate_limited += 1
+                wait = exc.retry_after
+                if (wait is None or wait > self.config.max_retry_wait
+                        or rate_limited > self._max_rate_limit_retries):
+                    raise
+                self._sleep(wait)
+
+    def _exchange(self, method: str, path: str, json: Any, headers: dict[str, str]) -> Any:
+        request = RecyclicRequest(method, self.config.url + "/" + path, uuid.uuid4().hex)
+        try:
+            response = self._http.request(method, path, json=json, headers={**headers, "X-Request-Id": request.request_id})
+        except httpx.TimeoutException as exc:
+            raise RecyclicUnavailable(f"Recyclic did not answer in time ({type(exc).__name__})", request) from None
+        except httpx.TransportError as exc:
+            raise RecyclicUnavailable(f"cannot reach Recyclic ({type(exc).__name__}: {exc})", request) from None
+        if response.is_success:
+            try:
+                return response.json()
+            except ValueError:
+                raise RecyclicUnavailable(f"Recyclic answered {response.status_code} with a body that is not JSON",
+                                          request, status=response.status_code) from None
+        raise _error(response, request)
+
+    # -- tokens -----------------------------------------------------------------------------------
+
+    def _token(self) -> str:
+        if self._access is not None and (self._expires_at is None or self._clock() < self._expires_at):
+            return self._access
+        if self._refresh is not None:
+            try:
+                return self._authenticate("auth/refresh", {"refresh_token": self._refresh})
+            except RecyclicAuthError:  # revoked or expired refresh token: log in
+                self._refresh = None
+        return self._login()
+
+    def _login(self) -> str:
+        now = self._clock()
+        while self._logins and self._logins[0] <= now - LOGIN_WINDOW:
+            self._logins.popleft()
+        if len(self._logins) >= LOGIN_LIMIT:
+            wait = self._logins[0] + LOGIN_WINDOW - now
+            raise RecyclicRateLimited(
+                f"{LOGIN_LIMIT} logins in the last minute already: not logging in again for {wait:.0f} s",
+                RecyclicRequest("POST", self.config.url + "/auth/login", "-"), retry_after=wait)
+        self._logins.append(now)
+        return self._authenticate("auth/login", {"username": self.config.username,
+                                                 "password": self.config.password.reveal()})
+
+    def _authenticate(self, path: str, body: dict[str, str]) -> str:
+        data = self._exchange("POST", path, body, {})
+        tokens = _TokenSchema().load(data if isinstance(data, dict) else {})
+        self._access = tokens["access_token"]
+        self._refresh = tokens["refresh_token"]
+        lifetime = tokens["expires_in"]
+        self._expires_at = None if lifetime is None else self._clock() + max(lifetime - TOKEN_MARGIN, 0.0)
+        return self._access
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        return None  # an HTTP date: Recyclic sends seconds; treat anything else as unknown
+
+
+def _error(response: httpx.Response, request: RecyclicRequest) -> RecyclicError:
+    """The typed error for a non-2xx answer, with Recyclic's ``code`` and ``detail`` when it sent them."""
+    status = response.status_code
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    envelope = body if isinstance(body, dict) else {}
+    code = envelope.get("code") if isinstance(envelope.get("code"), str) else None
+    detail = envelope.get("detail", envelope.get("error"))
+    if detail is None and body is None:
+        detail = response.text[:200]
+    message = f"Recyclic answered {status}" + (f" {code}" if code else "") + (f": {detail}" if detail else "")
+    kwargs = dict(status=status, code=code, detail=detail)
+    if status == 429 and code not in PIN_CODES:
+        # The login limiter sends no Retry-After: a minute is its window.
+        after = _retry_after(response)
+        if after is None and request.url.endswith("/auth/login"):
+            after = LOGIN_WINDOW
+        return RecyclicRateLimited(message, request, retry_after=after, **kwargs)
+    if status >= 500:
+        return RecyclicUnavailable(message, request, **kwargs)
+    if status == 401 or (status == 403 and code not in PIN_CODES):
+        return RecyclicAuthError(message, request, **kwargs)
+    return RecyclicRefused(message, request, **kwargs)
