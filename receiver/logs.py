@@ -6,7 +6,7 @@ Before a line is written, every configured secret value, every :class:`~receiver
 ``Authorization``/``Basic``/``Bearer`` credentials and passwords inside URLs are replaced by ``***``.
 
 The receiver (app factory), the worker and gunicorn (``deploy/gunicorn.conf.py``) all log through
-:class:`JsonFormatter`; :func:`configure_logging` installs it on the ``receiver`` logger.
+:class:`JsonFormatter`; :func:`configure_logging` installs it for the process.
 """
 
 from __future__ import annotations
@@ -118,17 +118,18 @@ class _StdoutHandler(logging.StreamHandler):
 
 
 def configure_logging(config: Config | None = None, *, level: str | int | None = None) -> logging.Handler:
-    """Send the ``receiver`` loggers to stdout as JSON, masking ``config``'s secrets.
+    """Write log records to stdout as JSON, masking ``config``'s secrets.
 
-    Idempotent: a second call replaces the handler installed by the first. ``level`` defaults to
-    ``$PAHEKO_RECYCLIC_LOG_LEVEL`` or INFO.
+    The handler sits on the root logger, so libraries' warnings come out as JSON too; the level
+    (``level``, else ``$PAHEKO_RECYCLIC_LOG_LEVEL``, else INFO) applies to the ``receiver`` loggers,
+    libraries stay at the root's level (WARNING). Idempotent: a second call replaces the handler.
     """
-    logger = logging.getLogger("receiver")
-    for old in [h for h in logger.handlers if isinstance(h, _StdoutHandler)]:
-        logger.removeHandler(old)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StdoutHandler)]:
+        root.removeHandler(old)
     handler = _StdoutHandler()
     handler.setFormatter(JsonFormatter(secrets_of(config) if config else ()))
-    logger.addHandler(handler)
+    root.addHandler(handler)
     chosen = level or os.environ.get(LOG_LEVEL_ENV, "INFO")
-    logger.setLevel(chosen.upper() if isinstance(chosen, str) else chosen)
+    logging.getLogger("receiver").setLevel(chosen.upper() if isinstance(chosen, str) else chosen)
     return handler

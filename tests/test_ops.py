@@ -181,8 +181,8 @@ def test_receiver_logs_one_json_event_per_line_without_secrets(client, capsys):
 
 
 def test_configure_logging_is_idempotent(config):
-    logger = logging.getLogger("receiver")
+    root = logging.getLogger()
     first = configure_logging(config, level="DEBUG")
     second = configure_logging(config)
-    assert first not in logger.handlers and logger.handlers.count(second) == 1
-    assert logger.level == logging.INFO
+    assert first not in root.handlers and root.handlers.count(second) == 1
+    assert logging.getLogger("receiver").level == logging.INFO
