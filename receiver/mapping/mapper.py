@@ -47,8 +47,8 @@ from receiver.reread.snapshot import (
 
 #: Recyclic's ``initial_amount`` must lie in 0..10000 euros.
 MAX_INITIAL_CENTS = 1_000_000
-#: Cases in the order their reasons are listed; all but the last two are policies.
-LINE_CASES = ("debt_wallet", "membership", "refunds")
+#: Which case names a wholly skipped tab when several apply to its parts.
+CASE_ORDER = ("debt_wallet", "membership", "refunds", "unknown_category", "unknown_method")
 NOTE = re.compile(r"^Paheko (\S+) session (\d+) ticket (\d+)$")
 
 
@@ -270,8 +270,7 @@ class _Run:
     @staticmethod
     def first_kind(out_items: list, out_pays: list) -> str:
         kinds = [part.kind for _, part in out_items + out_pays]
-        order = (*LINE_CASES, "unknown_category", "unknown_method")
-        return min(kinds, key=order.index, default="empty_tab")
+        return min(kinds, key=CASE_ORDER.index, default="empty_tab")
 
     def skip_item(self, tab: Tab, item: Item, kind: str, reason: str) -> None:
         self.skip(tab, kind, item.id, None, item.total, item.qty * (item.weight or 0), reason)
@@ -329,7 +328,8 @@ def map_session(snapshot: SessionSnapshot, mapping: Mapping) -> MappedSession:
     reasons = run.reasons()
     if reasons:
         raise MappingHeld(reasons)
-    sales, skipped = tuple(run.sales), tuple(run.skipped)
+    sales = tuple(run.sales)
+    skipped = tuple(sorted(run.skipped, key=lambda p: (p.tab_id or 0, p.item_id is None, p.item_id or p.payment_id or 0)))
     return MappedSession(
         source=snapshot.source, session_id=snapshot.session_id, profile=mapping.profile,
         close_session=mapping.close_session, opening=opening, sales=sales,
