@@ -162,6 +162,7 @@ def _register_subcommands() -> None:
     from receiver.commands import ledger, pipeline, replay
     from receiver.dev.paheko import paheko_command
     from receiver.dev.recyclic import recyclic_command
+    from receiver.mapping.cli import mapping_group
     from receiver.module.cli import module_group
 
     main.add_command(ledger.ledger_group)
@@ -169,6 +170,7 @@ def _register_subcommands() -> None:
     for command in (pipeline.poll, pipeline.worker, pipeline.status, pipeline.backfill):
         main.add_command(command)
     main.add_command(module_group)
+    main.add_command(mapping_group)
     dev.add_command(paheko_command)
     dev.add_command(recyclic_command)
 
