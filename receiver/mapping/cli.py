@@ -1,0 +1,59 @@
+"""``paheko-recyclic mapping suggest|check``: fill in and verify a source's mapping against Paheko."""
+
+from __future__ import annotations
+
+import click
+
+from receiver.config import Source
+from receiver.mapping.suggest import read_paheko_names, render_suggestion, unmapped
+from receiver.reread.client import PahekoClient, PahekoError
+
+
+@click.group("mapping")
+def mapping_group() -> None:
+    """Relate a source's Paheko names (locations, operators, categories, methods) to Recyclic ids."""
+
+
+def _source(name: str) -> Source:
+    from receiver.cli import config_from_context
+
+    config = config_from_context()
+    if name not in config.sources:
+        raise click.ClickException(f"no source {name!r} in the configuration (known: {', '.join(config.sources)})")
+    return config.sources[name]
+
+
+def _paheko_names(source: Source):
+    try:
+        with PahekoClient(source.name, source.paheko) as client:
+            return read_paheko_names(client, source.paheko.first_session)
+    except PahekoError as exc:
+        raise click.ClickException(f"cannot read Paheko's reference data: {exc}") from None
+
+
+@mapping_group.command("suggest")
+@click.option("--source", "name", required=True, help="The source (a [sources.NAME] table).")
+@click.option("--recyclic-url", help="Recyclic's API base URL, e.g. https://recyclic.example.org/api/v1.")
+@click.option("--recyclic-user", help="A Recyclic admin user, to read categories, sites and registers.")
+@click.option("--recyclic-password", envvar="RECYCLIC_PASSWORD", help="Its password (or $RECYCLIC_PASSWORD).")
+def suggest(name: str, recyclic_url: str | None, recyclic_user: str | None, recyclic_password: str | None) -> None:
+    """Print a [sources.NAME.mapping] section to review: current entries kept, the rest pre-filled."""
+    source = _source(name)
+    if recyclic_url or recyclic_user:
+        raise click.ClickException(
+            "reading Recyclic's reference data is not available in this version (no Recyclic client yet); "
+            "run without --recyclic-* options and fill in the ids from Recyclic by hand")
+    click.echo(render_suggestion(name, _paheko_names(source), source.mapping, None), nl=False)
+
+
+@mapping_group.command("check")
+@click.option("--source", "name", required=True, help="The source (a [sources.NAME] table).")
+def check(name: str) -> None:
+    """List the Paheko names the mapping lacks; exit status 1 if there is any."""
+    source = _source(name)
+    missing = unmapped(_paheko_names(source), source.mapping)
+    for line in missing:
+        click.echo(f"unmapped: {line}")
+    if missing:
+        raise click.exceptions.Exit(1)
+    click.echo(f"The mapping of source {name!r} covers every location, operator, category and payment method.")
