@@ -176,7 +176,8 @@ def _location_line(name: str, current: Mapping, recyclic: RecyclicNames | None) 
         return f'{_q(name)} = {{ site = "{place.site_id}"{register} }}'
     match = _best(name, list(recyclic.sites)) if recyclic else None
     if not match:
-        return f'# {_q(name)} = {{ site = "SITE-UUID", register = "REGISTER-UUID" }}  # no Recyclic site matched'
+        why = "no Recyclic site matched" if recyclic else "to fill in"
+        return f'# {_q(name)} = {{ site = "SITE-UUID", register = "REGISTER-UUID" }}  # {why}'
     site_id, site_name, score = match
     registers = [(rid, rname) for rid, rname, sid in recyclic.registers if sid == site_id]
     register = _best(name, registers) or (registers[0] + (0.0,) if len(registers) == 1 else None)
@@ -194,5 +195,5 @@ def _category_line(name: str, current: Mapping, names: PahekoNames, recyclic: Re
         return f'{_q(name)} = "{MEMBERSHIP}"  # membership fees: follows policies.membership'
     match = _best(name, list(recyclic.categories)) if recyclic else None
     if not match:
-        return f'# {_q(name)} = "CATEGORY-UUID"  # no Recyclic category matched'
+        return f'# {_q(name)} = "CATEGORY-UUID"  # {"no Recyclic category matched" if recyclic else "to fill in"}'
     return f"{_q(name)} = {_q(match[0])}  # {_q(match[1])} ({match[2]:.2f})"

@@ -1,0 +1,166 @@
+"""The [sources.NAME.mapping] table in the configuration, and `mapping suggest|check` against the stand-in."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from receiver.cli import main
+from receiver.config import ConfigError, parse_config
+from receiver.dev.paheko import create_paheko_app
+from receiver.dev.server import LocalServer
+from receiver.mapping.config import Mapping, MappingSchema, Policies
+from receiver.mapping.suggest import RecyclicNames, render_suggestion, unmapped
+from tests.conftest import config_text
+from tests.paheko_db import CASH, DEBT, PahekoDB
+
+FIXTURE = Path(__file__).parent / "fixtures" / "paheko-caisse.sqlite"
+SITE = "0b6c1d52-8e0a-4c59-9c1c-2f2b7f7b1a01"
+REGISTER = "0b6c1d52-8e0a-4c59-9c1c-2f2b7f7b1a02"
+USER = "0b6c1d52-8e0a-4c59-9c1c-2f2b7f7b1a03"
+CLOTHES = "0b6c1d52-8e0a-4c59-9c1c-2f2b7f7b1a04"
+
+
+def test_config_without_mapping_gets_the_empty_mapping(tmp_path):
+    config = parse_config(tomllib.loads(config_text(tmp_path)))
+    assert config.sources["lab"].mapping == Mapping()
+    assert Mapping().policies == Policies() and Policies().refunds == "hold"
+
+
+def test_config_with_a_mapping(tmp_path):
+    text = config_text(tmp_path) + f"""
+[sources.lab.mapping]
+profile = "legacy"
+default_operator = "{USER.upper()}"
+locations = {{ "Boutique principale" = {{ site = "{SITE}", register = "{REGISTER}" }} }}
+no_location = {{ site = "{SITE}" }}
+categories = {{ "Vêtements" = "{CLOTHES}", "Adhésion" = "membership" }}
+methods = {{ "Espèces" = "Cash", "CB" = "card" }}
+policies = {{ refunds = "skip" }}
+"""
+    m = parse_config(tomllib.loads(text)).sources["lab"].mapping
+    assert m.profile == "legacy" and m.close_session is True  # legacy closes by default
+    assert m.default_operator == USER  # canonical lower case
+    assert m.locations["Boutique principale"].register_id == REGISTER and m.no_location.register_id is None
+    assert m.categories == {"Vêtements": CLOTHES, "Adhésion": "membership"}
+    assert m.methods == {"Espèces": "cash", "CB": "card"}
+    assert m.policies.refunds == "skip" and m.policies.debt_wallet == "hold"
+    assert MappingSchema().load({}).close_session is False  # v2 does not close by default
+    assert MappingSchema().load({"profile": "legacy", "close_session": False}).close_session is False
+
+
+@pytest.mark.parametrize("table, problem", [
+    ('default_operator = "alice"', "not a UUID"),
+    ('categories = { "Livres" = "Books" }', "not a UUID"),
+    ('profile = "legacy"\nmethods = { "Virement" = "transfer" }', "legacy profile"),
+    ('methods = { "CB" = "carte bancaire" }', "payment codes"),
+    ('policies = { refunds = "drop" }', "Must be one of"),
+    ('mistake = 1', "Unknown field"),
+    ('locations = { "Boutique" = { register = "' + REGISTER + '" } }', "site"),
+])
+def test_config_mapping_errors(tmp_path, table, problem):
+    text = config_text(tmp_path) + f"\n[sources.lab.mapping]\n{table}\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(tomllib.loads(text))
+    assert any(line.startswith("sources.lab.mapping.") and problem in line for line in info.value.problems), info.value.problems
+
+
+@pytest.fixture
+def paheko_config(tmp_path):
+    """A configuration whose source `lab` reads the fixture through the stand-in; yields a writer of its
+    mapping table and the config path."""
+    with LocalServer(create_paheko_app(FIXTURE)) as server:
+        def write(mapping: str = "") -> Path:
+            text = config_text(tmp_path).replace("http://paheko.invalid", server.url)
+            text = text.replace('api_user = "k"', 'api_user = "demo"').replace('"PahekoApiSecret42"', '"demo"')
+            path = tmp_path / "config.toml"
+            path.write_text(text + (f"\n[sources.lab.mapping]\n{mapping}\n" if mapping else ""))
+            return path
+        yield write
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_check_lists_what_is_unmapped(paheko_config):
+    result = invoke("--config", str(paheko_config()), "mapping", "check", "--source", "lab")
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert "unmapped: location 'Boutique principale': no Recyclic site in [locations]" in lines
+    assert "unmapped: operator 'Alice (bénévole)': no Recyclic user in [operators] and no default_operator" in lines
+    assert "unmapped: payment method 'CB': no Recyclic code in [methods]" in lines
+    assert not any("Ardoise" in line for line in lines)  # debt follows its policy, not a code
+    categories = [line for line in lines if "category" in line]
+    # Current categories and the names on sold lines ("Adhésion" has no sale here, so it must be mapped too).
+    for name in ("Vêtements", "Livres", "Mobilier", "Électroménager", "Adhésion", "Pièces de vélo neuves (exemple)"):
+        assert any(f"'{name}'" in line for line in categories), name
+
+
+def test_check_passes_once_everything_is_mapped(paheko_config):
+    categories = ", ".join(f'"{n}" = "{CLOTHES}"' for n in (
+        "Vêtements", "Livres", "Mobilier", "Électroménager", "Adhésion", "Pièces de vélo neuves (exemple)"))
+    path = paheko_config(
+        f'default_operator = "{USER}"\nlocations = {{ "Boutique principale" = {{ site = "{SITE}" }} }}\n'
+        f"categories = {{ {categories} }}\n"
+        'methods = { "Espèces" = "cash", "Chèque" = "check", "CB" = "card", "Monnaie locale" = "cash" }')
+    result = invoke("--config", str(path), "mapping", "check", "--source", "lab")
+    assert result.exit_code == 0, result.output
+    assert "covers every" in result.output
+
+
+def test_suggest_paheko_side(paheko_config):
+    path = paheko_config(f'categories = {{ "Vêtements" = "{CLOTHES}" }}')
+    result = invoke("--config", str(path), "mapping", "suggest", "--source", "lab")
+    assert result.exit_code == 0, result.output
+    text = result.output
+    document = tomllib.loads(text)  # valid TOML as printed
+    m = document["sources"]["lab"]["mapping"]
+    assert m["categories"] == {"Vêtements": CLOTHES, "Adhésion": "membership"}  # kept; membership by name
+    assert m["methods"] == {"Espèces": "cash", "Chèque": "check", "CB": "card", "Monnaie locale": "cash"}
+    assert m["policies"]["refunds"] == "hold" and m["profile"] == "v2"
+    assert '# "Boutique principale" = { site = "SITE-UUID"' in text
+    assert '# "Alice (bénévole)" = "USER-UUID"' in text and '# "Livres" = "CATEGORY-UUID"' in text
+    assert '# "Ardoise": Ardoise / porte-monnaie' in text
+    # What it prints loads as this source's mapping once pasted.
+    assert isinstance(MappingSchema().load(m), Mapping)
+    refused = invoke("--config", str(path), "mapping", "suggest", "--source", "lab", "--recyclic-url", "http://x")
+    assert refused.exit_code == 1 and "not available" in refused.output
+    assert invoke("--config", str(path), "mapping", "check", "--source", "nope").exit_code == 1
+
+
+def test_suggest_matches_recyclic_names(tmp_path):
+    path = tmp_path / "p.sqlite"
+    with PahekoDB(path) as db:
+        db.location("Boutique")
+        db.method("Espèces", CASH, "530")
+        db.method("Ardoise", DEBT, "411")
+        db.category("Vetements adultes", "7071")
+        db.category("Bibelots", "7072")
+    with LocalServer(create_paheko_app(path)) as server:
+        from receiver.config import PahekoApi, Secret
+        from receiver.mapping.suggest import read_paheko_names
+        from receiver.reread.client import PahekoClient
+
+        with PahekoClient("lab", PahekoApi(server.url, "demo", Secret("demo"))) as client:
+            names = read_paheko_names(client)
+    assert names.locations == ("Boutique",) and names.sessions_without_location == 0
+    recyclic = RecyclicNames(
+        categories=(("c1", "Vêtements adulte"), ("c2", "Livres")),
+        sites=(("s1", "La Boutique"), ("s2", "Entrepôt")),
+        registers=(("r1", "Caisse 1", "s1"), ("r2", "Caisse A", "s2")),
+        payment_codes=("cash", "card", "check", "transfer"),
+    )
+    text = render_suggestion("lab", names, Mapping(), recyclic)
+    assert '"Boutique" = { site = "s1", register = "r1" }' in text
+    assert '"Vetements adultes" = "c1"  # "Vêtements adulte"' in text
+    assert '# "Bibelots" = "CATEGORY-UUID"' in text
+    assert unmapped(names, Mapping()) == [
+        "location 'Boutique': no Recyclic site in [locations]",
+        "category 'Bibelots': no Recyclic category in [categories]",
+        "category 'Vetements adultes': no Recyclic category in [categories]",
+        "payment method 'Espèces': no Recyclic code in [methods]",
+    ]
