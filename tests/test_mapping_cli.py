@@ -127,8 +127,9 @@ def test_suggest_paheko_side(paheko_config):
     assert '# "Ardoise": Ardoise / porte-monnaie' in text
     # What it prints loads as this source's mapping once pasted.
     assert isinstance(MappingSchema().load(m), Mapping)
-    refused = invoke("--config", str(path), "mapping", "suggest", "--source", "lab", "--recyclic-url", "http://x")
-    assert refused.exit_code == 1 and "not available" in refused.output
+    incomplete = CliRunner().invoke(main, ["--config", str(path), "mapping", "suggest", "--source", "lab",
+                                           "--recyclic-url", "http://x"], env={"RECYCLIC_PASSWORD": ""})
+    assert incomplete.exit_code == 2 and "go together" in incomplete.output
     assert invoke("--config", str(path), "mapping", "check", "--source", "nope").exit_code == 1
 
 
@@ -164,3 +165,27 @@ def test_suggest_matches_recyclic_names(tmp_path):
         "category 'Vetements adultes': no Recyclic category in [categories]",
         "payment method 'Espèces': no Recyclic code in [methods]",
     ]
+
+
+def test_suggest_with_the_local_recyclic(paheko_config):
+    from receiver.dev.recyclic import MACHINE_USER, create_recyclic_app
+    from receiver.dev.recyclic_store import CATEGORIES, MAIN_SITE, REPLAY_REGISTER
+
+    path = paheko_config()
+    with LocalServer(create_recyclic_app("v2")) as recyclic:
+        result = invoke("--config", str(path), "mapping", "suggest", "--source", "lab",
+                        "--recyclic-url", recyclic.url + "/v1", "--recyclic-user", MACHINE_USER.username,
+                        "--recyclic-password", MACHINE_USER.password)
+        wrong = invoke("--config", str(path), "mapping", "suggest", "--source", "lab",
+                       "--recyclic-url", recyclic.url + "/v1", "--recyclic-user", MACHINE_USER.username,
+                       "--recyclic-password", "wrong")
+    assert result.exit_code == 0, result.output
+    m = tomllib.loads(result.output)["sources"]["lab"]["mapping"]
+    ids = {c.name: c.id for c in CATEGORIES}
+    # The only site, and its register kept for deferred entry.
+    assert m["locations"] == {"Boutique principale": {"site": MAIN_SITE.id, "register": REPLAY_REGISTER.id}}
+    assert m["categories"]["Vêtements"] == ids["Vêtements"] and m["categories"]["Livres"] == ids["Livres"]
+    assert m["categories"]["Électroménager"] == ids["Électroménager"] and m["categories"]["Adhésion"] == "membership"
+    assert m["methods"]["CB"] == "card"
+    assert "# Recyclic's categories" not in result.output
+    assert wrong.exit_code == 1 and "cannot read Recyclic's reference data" in wrong.output

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
-from receiver.config import Source
-from receiver.mapping.suggest import read_paheko_names, render_suggestion, unmapped
+from receiver.config import Secret, Source
+from receiver.forward.config import RecyclicSinkConfig
+from receiver.forward.recyclic_client import RecyclicClient, RecyclicError
+from receiver.mapping.suggest import RecyclicNames, read_paheko_names, render_suggestion, unmapped
 from receiver.reread.client import PahekoClient, PahekoError
 
 
@@ -39,11 +41,26 @@ def _paheko_names(source: Source):
 def suggest(name: str, recyclic_url: str | None, recyclic_user: str | None, recyclic_password: str | None) -> None:
     """Print a [sources.NAME.mapping] section to review: current entries kept, the rest pre-filled."""
     source = _source(name)
-    if recyclic_url or recyclic_user:
-        raise click.ClickException(
-            "reading Recyclic's reference data is not available in this version (no Recyclic client yet); "
-            "run without --recyclic-* options and fill in the ids from Recyclic by hand")
-    click.echo(render_suggestion(name, _paheko_names(source), source.mapping, None), nl=False)
+    recyclic = None
+    if recyclic_url or recyclic_user or recyclic_password:
+        if not (recyclic_url and recyclic_user and recyclic_password):
+            raise click.UsageError("--recyclic-url, --recyclic-user and --recyclic-password go together")
+        recyclic = _recyclic_names(recyclic_url, recyclic_user, recyclic_password)
+    click.echo(render_suggestion(name, _paheko_names(source), source.mapping, recyclic), nl=False)
+
+
+def _recyclic_names(url: str, user: str, password: str) -> RecyclicNames:
+    config = RecyclicSinkConfig(url=url.rstrip("/"), username=user, password=Secret(password))
+    try:
+        with RecyclicClient(config) as client:
+            return RecyclicNames(
+                categories=tuple((c.id, c.name) for c in client.categories() if c.is_active),
+                sites=tuple((s.id, s.name) for s in client.sites()),
+                registers=tuple((r.id, r.name, r.site_id) for r in client.registers()),
+                payment_codes=tuple(m.code.lower() for m in client.payment_methods()),
+            )
+    except RecyclicError as exc:
+        raise click.ClickException(f"cannot read Recyclic's reference data: {exc}") from None
 
 
 @mapping_group.command("check")

@@ -17,6 +17,8 @@ from receiver.reread.snapshot import METHOD_CASH, METHOD_DEBT, METHOD_WALLET
 
 #: Lowest similarity (difflib ratio, case-insensitive) for a suggested match.
 CUTOFF = 0.6
+#: Words that mark a Recyclic register kept for deferred entry (replays should use such a register).
+REPLAY_WORDS = ("différ", "differ", "paheko", "replay", "repris")
 
 
 @dataclass(frozen=True)
@@ -174,16 +176,29 @@ def _location_line(name: str, current: Mapping, recyclic: RecyclicNames | None) 
     if place:
         register = f', register = "{place.register_id}"' if place.register_id else ""
         return f'{_q(name)} = {{ site = "{place.site_id}"{register} }}'
-    match = _best(name, list(recyclic.sites)) if recyclic else None
+    match = None
+    if recyclic:
+        match = _best(name, list(recyclic.sites)) or (recyclic.sites[0] + (0.0,) if len(recyclic.sites) == 1 else None)
     if not match:
         why = "no Recyclic site matched" if recyclic else "to fill in"
         return f'# {_q(name)} = {{ site = "SITE-UUID", register = "REGISTER-UUID" }}  # {why}'
-    site_id, site_name, score = match
+    site_id, site_name, _score = match
     registers = [(rid, rname) for rid, rname, sid in recyclic.registers if sid == site_id]
-    register = _best(name, registers) or (registers[0] + (0.0,) if len(registers) == 1 else None)
+    register = _register(name, registers)
     text = f', register = "{register[0]}"' if register else ""
-    note = f"  # site {_q(site_name)} ({score:.2f})" + (f", register {_q(register[1])}" if register else "")
-    return f'{_q(name)} = {{ site = "{site_id}"{text} }}{note}; a dedicated register for replays is best'
+    note = f"  # site {_q(site_name)}" + (f", register {_q(register[1])}" if register else "")
+    return f'{_q(name)} = {{ site = "{site_id}"{text} }}{note}; a register kept for replays is best'
+
+
+def _register(name: str, registers: list[tuple[str, str]]) -> tuple[str, str] | None:
+    """A register kept for replays, else the one named most like the location, else the only one."""
+    replay = [r for r in registers if any(word in r[1].casefold() for word in REPLAY_WORDS)]
+    if replay:
+        return replay[0]
+    match = _best(name, registers)
+    if match:
+        return match[:2]
+    return registers[0] if len(registers) == 1 else None
 
 
 def _category_line(name: str, current: Mapping, names: PahekoNames, recyclic: RecyclicNames | None) -> str:
