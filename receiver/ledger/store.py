@@ -99,6 +99,9 @@ def _dump(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
+#: PostgreSQL advisory lock held while migrating (any constant unique to this program).
+MIGRATION_LOCK = 0x5041_4845_4B4F
+
 CHANGED_AFTER_FORWARD = (
     "Les chiffres de cette session ont changé dans Paheko après sa transmission à Recyclic : "
     "vérifiez la session dans Recyclic, puis libérez-la (paheko-recyclic ledger release)."
@@ -154,6 +157,9 @@ class Ledger:
 
     def migrate(self) -> tuple[int, int]:
         with self._write() as conn:
+            if conn.dialect.name == "postgresql":
+                # Receivers and workers starting together: one migrates, the others wait, then see it done.
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             return t.migrate(conn)
 
     def check_writable(self) -> None:
