@@ -302,7 +302,8 @@ class RecyclicClient:
         return self._access
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    """``Retry-After`` in seconds, or None when absent or not a number."""
     value = response.headers.get("Retry-After")
     if value is None:
         return None
@@ -328,7 +329,7 @@ def _error(response: httpx.Response, request: RecyclicRequest) -> RecyclicError:
     kwargs = dict(status=status, code=code, detail=detail)
     if status == 429 and code not in PIN_CODES:
         # The login limiter sends no Retry-After: a minute is its window.
-        after = _retry_after(response)
+        after = retry_after_seconds(response)
         if after is None and request.url.endswith("/auth/login"):
             after = LOGIN_WINDOW
         return RecyclicRateLimited(message, request, retry_after=after, **kwargs)
