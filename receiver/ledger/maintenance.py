@@ -1,0 +1,189 @@
+"""``paheko-recyclic maintenance backup|restore|prune``: keep the ledger safe and small for years.
+
+- ``backup FILE``: an online, consistent copy of the SQLite ledger (SQLite's backup API: receivers
+  and workers keep running), checked with ``PRAGMA integrity_check`` and moved into place atomically.
+  A PostgreSQL ledger is backed up with ``pg_dump`` (deploy/README.md).
+- ``restore FILE``: copy a backup into the configured SQLite ledger, then migrate it. An existing
+  ledger is only overwritten with ``--force``, after a safety copy next to it.
+- ``prune``: forget the raw bodies of notifications older than ``[receiver] raw_body_retention_days``
+  (default 30); entries, summaries and history stay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import click
+from sqlalchemy import and_
+from sqlalchemy.engine import make_url
+
+from receiver.cli import config_from_context
+from receiver.ledger import tables as t
+from receiver.ledger.store import Ledger, utcnow
+
+
+class MaintenanceError(Exception):
+    """A maintenance operation refused to run; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class LedgerFile:
+    """What a SQLite ledger file holds, as checked before and after copying it."""
+
+    path: Path
+    schema_version: int
+    entries: int
+
+
+def sqlite_path(ledger_url: str) -> Path:
+    """The file of a SQLite ledger URL; :class:`MaintenanceError` for any other database."""
+    url = make_url(ledger_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        raise MaintenanceError(
+            "this ledger is not a SQLite file: back up PostgreSQL with pg_dump and restore it with "
+            "pg_restore (see deploy/README.md)"
+        )
+    return Path(url.database)
+
+
+def inspect_ledger(path: Path) -> LedgerFile:
+    """Check a ledger file (integrity, schema version) without modifying it."""
+    if not path.is_file():
+        raise MaintenanceError(f"{path} does not exist")
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        try:
+            integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
+            version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            entries = conn.execute("SELECT count(*) FROM entries").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise MaintenanceError(f"{path} is not a ledger: {exc}") from None
+    if integrity != "ok":
+        raise MaintenanceError(f"{path} is damaged: {integrity}")
+    if version is None:
+        raise MaintenanceError(f"{path} is not a ledger: no schema version")
+    return LedgerFile(path, int(version[0]), entries)
+
+
+def _copy(source: Path, target: Path) -> None:
+    """Copy database ``source`` into ``target`` page by page under SQLite's locks (both may be live)."""
+    with contextlib.closing(sqlite3.connect(f"file:{source}?mode=rw", uri=True, timeout=30)) as src, \
+            contextlib.closing(sqlite3.connect(target, timeout=30)) as dst:
+        src.backup(dst)
+
+
+def backup(ledger_url: str, destination: Path, *, force: bool = False) -> LedgerFile:
+    """Write a consistent copy of the live SQLite ledger to ``destination``."""
+    source = sqlite_path(ledger_url)
+    if destination.exists() and not force:
+        raise MaintenanceError(f"{destination} exists already (use --force to replace it)")
+    if not source.is_file():
+        raise MaintenanceError(f"no ledger at {source}")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.with_name(f".{destination.name}.partial")
+    partial.unlink(missing_ok=True)
+    try:
+        _copy(source, partial)
+        with contextlib.closing(sqlite3.connect(partial)) as conn:
+            conn.execute("PRAGMA journal_mode=DELETE")  # a single self-contained file
+        copied = inspect_ledger(partial)
+        with open(partial, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(partial, destination)
+    finally:
+        partial.unlink(missing_ok=True)
+    return LedgerFile(destination, copied.schema_version, copied.entries)
+
+
+def restore(backup_file: Path, ledger_url: str, *, force: bool = False) -> tuple[LedgerFile, Path | None]:
+    """Copy ``backup_file`` into the configured ledger and migrate it.
+
+    Returns the restored ledger and the safety copy of the ledger it replaced (``None`` if none).
+    """
+    target = sqlite_path(ledger_url)
+    found = inspect_ledger(backup_file)
+    if found.schema_version > t.SCHEMA_VERSION:
+        raise MaintenanceError(
+            f"{backup_file} has schema version {found.schema_version}, newer than this program's "
+            f"{t.SCHEMA_VERSION}: restore it with a newer paheko-recyclic"
+        )
+    if backup_file.resolve() == target.resolve():
+        raise MaintenanceError(f"{backup_file} is the ledger itself")
+    safety: Path | None = None
+    if target.exists():
+        if not force:
+            raise MaintenanceError(
+                f"a ledger exists at {target}: stop the receiver and the worker, then use --force "
+                "(a safety copy of the current ledger is kept next to it)"
+            )
+        safety = backup(ledger_url, target.with_name(f"{target.name}.before-restore-{utcnow():%Y%m%dT%H%M%SZ}")).path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _copy(backup_file, target)
+    ledger = Ledger(ledger_url)
+    try:
+        ledger.migrate()
+    finally:
+        ledger.close()
+    return inspect_ledger(target), safety
+
+
+def prune_raw_bodies(ledger: Ledger, days: int, *, now: datetime | None = None) -> int:
+    """Clear ``raw_body`` of notifications received more than ``days`` days ago; how many were cleared."""
+    cutoff = (now or utcnow()) - timedelta(days=days)
+    old = and_(t.notifications.c.received_at < cutoff, t.notifications.c.raw_body.is_not(None))
+    with ledger.transaction() as conn:
+        return conn.execute(t.notifications.update().where(old).values(raw_body=None)).rowcount
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+@click.group("maintenance")
+def maintenance_group() -> None:
+    """Back up, restore and prune the ledger."""
+
+
+def _run(operation, *args, **kwargs):
+    try:
+        return operation(*args, **kwargs)
+    except MaintenanceError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@maintenance_group.command("backup")
+@click.argument("destination", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace DESTINATION if it exists.")
+def backup_command(destination: Path, force: bool) -> None:
+    """Copy the SQLite ledger to DESTINATION while everything keeps running."""
+    copied = _run(backup, config_from_context().receiver.ledger_url, destination, force=force)
+    click.echo(f"Backed up the ledger (schema {copied.schema_version}, {copied.entries} entries) to {copied.path}.")
+
+
+@maintenance_group.command("restore")
+@click.argument("backup_file", metavar="FILE", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite the existing ledger (stop the receiver and the worker first).")
+def restore_command(backup_file: Path, force: bool) -> None:
+    """Restore the SQLite ledger from FILE (a `maintenance backup`), then migrate it."""
+    restored, safety = _run(restore, backup_file, config_from_context().receiver.ledger_url, force=force)
+    if safety:
+        click.echo(f"The previous ledger was copied to {safety}.")
+    click.echo(f"Restored {restored.path} (schema {restored.schema_version}, {restored.entries} entries).")
+
+
+@maintenance_group.command("prune")
+@click.option("--days", type=click.IntRange(min=1), help="Keep raw bodies this many days. "
+              "Default: [receiver] raw_body_retention_days (30).")
+def prune_command(days: int | None) -> None:
+    """Forget the raw bodies of old notifications (their figures and history stay)."""
+    config = config_from_context()
+    days = days or config.receiver.raw_body_retention_days
+    ledger = Ledger(config.receiver.ledger_url)
+    try:
+        ledger.migrate()
+        cleared = prune_raw_bodies(ledger, days)
+    finally:
+        ledger.close()
+    click.echo(f"Cleared the raw body of {cleared} notification(s) older than {days} days.")
