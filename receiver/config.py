@@ -15,13 +15,16 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from receiver.mapping.config import Mapping, MappingSchema
+
+if TYPE_CHECKING:
+    from receiver.forward.config import SinkConfig
 
 CONFIG_ENV = "PAHEKO_RECYCLIC_CONFIG"
 WEBHOOK_CREDENTIAL = re.compile(r"^[A-Za-z0-9]+$")
@@ -147,6 +150,7 @@ class Source:
     webhook: tuple[WebhookCredential, ...]
     paheko: PahekoApi
     mapping: Mapping = field(default_factory=Mapping)
+    sink: SinkConfig | None = None  # None: a JSON-lines file beside the ledger (receiver.forward.build_sink)
 
 
 @dataclass(frozen=True)
@@ -218,11 +222,18 @@ class PahekoApiSchema(_Strict):
         return PahekoApi(**data)
 
 
+def _sink_schema() -> Schema:
+    from receiver.forward.config import SinkSchema  # imported late: it builds on SecretField, defined here
+
+    return SinkSchema()
+
+
 class SourceSchema(_Strict):
     timezone = TimeZoneField(load_default=lambda: ZoneInfo("Europe/Paris"))
     webhook = fields.Nested(WebhookSchema, required=True)
     paheko = fields.Nested(PahekoApiSchema, required=True)
     mapping = fields.Nested(MappingSchema, load_default=Mapping)
+    sink = fields.Nested(_sink_schema, load_default=None)
 
 
 class ReceiverSettingsSchema(_Strict):
@@ -305,7 +316,7 @@ def parse_config(document: dict, path: Path | None = None) -> Config:
         ledger = f"sqlite:///{(base / ledger[len('sqlite:///'):]).resolve()}"
     sources = {
         name: Source(name=name, timezone=s["timezone"], webhook=s["webhook"], paheko=s["paheko"],
-                     mapping=s["mapping"])
+                     mapping=s["mapping"], sink=s["sink"])
         for name, s in data["sources"].items()
     }
     return Config(

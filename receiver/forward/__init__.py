@@ -62,8 +62,9 @@ class Sink(Protocol):
         """Release connections."""
 
 
-def build_sink(config: SinkConfig, *, source_name: str, ledger_url: str) -> Sink:
-    """The sink for one source. ``ledger_url`` places the default JSON-lines file beside a SQLite ledger."""
+def build_sink(config: SinkConfig | None, *, source_name: str, ledger_url: str) -> Sink:
+    """The sink for one source (``None``: the default file sink). ``ledger_url`` places a file sink's
+    default or relative path beside a SQLite ledger."""
     from receiver.forward.config import FileSinkConfig, RecyclicSinkConfig, WebhookSinkConfig
     from receiver.forward.file import FileSink
     from receiver.forward.recyclic import RecyclicSink
@@ -73,8 +74,8 @@ def build_sink(config: SinkConfig, *, source_name: str, ledger_url: str) -> Sink
         return RecyclicSink(config)
     if isinstance(config, WebhookSinkConfig):
         return WebhookSink(config)
-    if isinstance(config, FileSinkConfig):
-        return FileSink(_file_path(config.path, source_name, ledger_url))
+    if config is None or isinstance(config, FileSinkConfig):
+        return FileSink(_file_path(config and config.path, source_name, ledger_url))
     raise TypeError(f"not a sink configuration: {config!r}")
 
 
