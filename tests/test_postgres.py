@@ -25,6 +25,8 @@ psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (pip i
 
 from receiver.ledger import Ledger, State  # noqa: E402
 from receiver.ledger import tables as t  # noqa: E402
+from receiver.ledger.maintenance import prune_raw_bodies  # noqa: E402
+from receiver.ledger.store import utcnow  # noqa: E402
 
 PROCESSES = 4
 
@@ -189,6 +191,9 @@ def test_changed_figures_and_transitions_round_trip(pg_url):
         assert moved.snapshot == {"id": 7} and moved.updated_at >= moved.created_at
         overview = ledger.overview()["lab"]
         assert overview["states"] == {"snapshot": 1} and overview["oldest_pending"].tzinfo == UTC
+        assert prune_raw_bodies(ledger, 1, now=utcnow() + timedelta(days=2)) == 0  # no raw bodies here
+        ledger.record_notification("lab", 8, {}, origin="module", raw_body="{}")
+        assert prune_raw_bodies(ledger, 1, now=utcnow() + timedelta(days=2)) == 1
     finally:
         ledger.close()
 
