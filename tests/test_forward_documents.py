@@ -149,3 +149,10 @@ def test_build_sink_defaults_to_a_file_beside_the_ledger(tmp_path):
     assert relative.path == tmp_path / "x"
     with pytest.raises(ValueError, match="absolute path"):
         build_sink(FileSinkConfig(), source_name="lab", ledger_url="postgresql://db/ledger")
+
+
+def test_file_sink_write_failures_are_retried(ledger, tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    with pytest.raises(DeliveryRetry, match="cannot append"):
+        FileSink(blocker / "sessions.jsonl").deliver(new_entry(ledger), mapped_session(), ledger)

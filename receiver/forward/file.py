@@ -13,7 +13,7 @@ import os
 import threading
 from pathlib import Path
 
-from receiver.forward import Delivery
+from receiver.forward import Delivery, DeliveryRetry
 from receiver.forward.document import session_document
 from receiver.ledger import Entry, Ledger
 from receiver.mapping.model import MappedSession
@@ -38,7 +38,10 @@ class FileSink:
         if not (same and self._contains(document.id)):  # a "sending" record: was the line written?
             ledger.record_forward(entry.id, "document", mapped.session_id, status="sending",
                                   idempotency_key=document.id, detail=str(self.path))
-            self._append(document.body)
+            try:
+                self._append(document.body)
+            except OSError as exc:  # disk full, permissions, missing mount: retried, then dead after ~3 days
+                raise DeliveryRetry(f"cannot append to {self.path}: {exc}") from None
         ledger.record_forward(entry.id, "document", mapped.session_id, status="done", sink_id=document.id,
                               idempotency_key=document.id, detail=str(self.path))
         return Delivery(self.kind, document.id)
