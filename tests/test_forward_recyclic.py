@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 
 from receiver.config import Secret
-from receiver.dev.recyclic import Fault
+from receiver.dev.recyclic import CATEGORIES, MAIN_SITE, REPLAY_REGISTER, Fault
 from receiver.dev.recyclic_store import ApiError
 from receiver.dev.server import LocalServer
 from receiver.forward import DeliveryHeld, DeliveryRetry
 from receiver.forward.recyclic import RecyclicSink
 from receiver.forward.recyclic_client import RecyclicClient
+from receiver.mapping.config import MappingSchema
+from receiver.mapping.mapper import map_session
+from receiver.reread.snapshot import read_session
 from tests.forward_support import (
     OPERATOR, PARIS_WINTER, START, Swappable, assert_exactly_once, mapped_session, new_entry, new_ledger, plug,
     released,
 )
+from tests.paheko_db import served
+
+FIXTURE = Path(__file__).parent / "fixtures" / "paheko-caisse.sqlite"
 
 _TARGET = Swappable()
 
@@ -407,3 +415,32 @@ def test_a_refused_opening_is_held_with_recyclics_reason(ledger):
     with pytest.raises(DeliveryHeld) as held:
         RecyclicSink(stand.config()).deliver(new_entry(ledger), bad, ledger)
     assert "opened_at cannot be in the future" in held.value.reason
+
+
+# -- the fixture's real sessions, mapped by the mapper ----------------------------------------------------
+
+
+@pytest.mark.parametrize("profile", ["v2", "legacy"])
+def test_the_fixture_sessions_arrive_exactly_as_mapped(ledger, profile):
+    stand = plug(_TARGET, profile)
+    stand.clock.advance(seconds=(datetime.now(UTC) - START).total_seconds())  # after the fixture's sessions
+    by_name = {c.name: c.id for c in CATEGORIES}
+    mapping = MappingSchema().load({
+        "profile": profile, "close_session": True, "default_operator": OPERATOR,
+        "locations": {"Boutique principale": {"site": MAIN_SITE.id, "register": REPLAY_REGISTER.id}},
+        "categories": {name: by_name[name] for name in ("Vêtements", "Livres", "Électroménager", "Mobilier")},
+        "methods": {"Espèces": "cash", "Monnaie locale": "cash", "CB": "card", "Chèque": "check"},
+        "policies": {"refunds": "skip", "mixed_methods": "skip"},
+    })
+    with served(FIXTURE) as (client, _app):
+        snapshots = [read_session(client, n, ZoneInfo("Europe/Paris")) for n in (1, 2)]
+    sink = RecyclicSink(stand.config())
+    for snapshot in snapshots:
+        mapped = map_session(snapshot, mapping)
+        delivery = sink.deliver(new_entry(ledger, mapped.session_id), mapped, ledger)
+        assert_exactly_once(stand, mapped, delivery.reference)
+        session = stand.app.store.sessions[delivery.reference]
+        assert session.status == "closed" and session.actual_amount == mapped.closing.actual_cents
+        stored = [stand.app.store.sales[i] for i in session.sale_ids]
+        assert sum(s.total_amount for s in stored) == mapped.reconciliation.items_cents.forwarded
+        assert sum(line.weight_g for s in stored for line in s.items) == mapped.reconciliation.weight_grams.forwarded
