@@ -160,6 +160,7 @@ def dev() -> None:
 
 def _register_subcommands() -> None:
     from receiver.commands import ledger, pipeline, replay
+    from receiver.demo import demo
     from receiver.dev.paheko import paheko_command
     from receiver.dev.recyclic import recyclic_command
     from receiver.mapping.cli import mapping_group
@@ -169,6 +170,7 @@ def _register_subcommands() -> None:
     main.add_command(replay.replay)
     for command in (pipeline.poll, pipeline.worker, pipeline.status, pipeline.backfill):
         main.add_command(command)
+    main.add_command(demo)
     main.add_command(module_group)
     main.add_command(mapping_group)
     dev.add_command(paheko_command)

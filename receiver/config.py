@@ -255,8 +255,8 @@ class WorkerSettingsSchema(_Strict):
 
 
 class ConfigSchema(_Strict):
-    receiver = fields.Nested(ReceiverSettingsSchema, load_default=dict)
-    worker = fields.Nested(WorkerSettingsSchema, load_default=dict)
+    receiver = fields.Nested(ReceiverSettingsSchema, load_default=lambda: ReceiverSettingsSchema().load({}))
+    worker = fields.Nested(WorkerSettingsSchema, load_default=lambda: WorkerSettingsSchema().load({}))
     sources = fields.Dict(
         keys=fields.String(validate=validate.Regexp(SOURCE_NAME, error="source names use a-z, 0-9, - and _")),
         values=fields.Nested(SourceSchema),

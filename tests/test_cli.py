@@ -94,3 +94,13 @@ def test_ledger_list_and_show(tmp_path, client):
     assert "Paheko session 2" in shown.output and "∅ → notified" in shown.output and "7290" in shown.output
     missing = invoke("--config", str(path), "ledger", "show", "lab:99")
     assert missing.exit_code == 1 and "no ledger entry" in missing.output
+
+
+def test_minimal_config_gets_every_default(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[sources.lab.webhook]\nuser = "m"\npassword = "p"\n'
+                    '[sources.lab.paheko]\nurl = "https://p.example.org"\napi_user = "k"\napi_password = "s"\n')
+    config = load_config(path)
+    assert config.receiver.ledger_url == f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    assert config.worker.poll_interval == 60.0
+    assert config.sources["lab"].timezone.key == "Europe/Paris"

@@ -5,7 +5,14 @@ from __future__ import annotations
 import threading
 from types import TracebackType
 
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+
+class QuietHandler(WSGIRequestHandler):
+    """No access log line per request: tests, benches and the demo print what matters themselves."""
+
+    def log_request(self, code="-", size="-") -> None:
+        pass
 
 
 class LocalServer:
@@ -16,7 +23,7 @@ class LocalServer:
     """
 
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
-        self._server: BaseWSGIServer = make_server(host, port, app, threaded=True)
+        self._server: BaseWSGIServer = make_server(host, port, app, threaded=True, request_handler=QuietHandler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="local-http", daemon=True)
 

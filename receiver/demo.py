@@ -1,0 +1,227 @@
+"""``paheko-recyclic demo``: the whole pipeline on one machine, with nothing installed or configured.
+
+A local Paheko serves a copy of the bundled database (two closed caisse sessions, captured from a
+real Paheko); a local Recyclic (v2) receives; the receiver and a worker run in this process on
+loopback. Session 2 is notified exactly as the Paheko module does (twice: idempotency), session 1
+is not notified at all and must be found by the reconciliation poller.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+import sqlite3
+import string
+import threading
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import click
+
+from receiver.app import create_app
+from receiver.commands.replay import CapturedRequest, send
+from receiver.config import load_config
+from receiver.dev.paheko import create_paheko_app
+from receiver.dev.recyclic import CATEGORIES, DEFAULT_USERS, MACHINE_USER, MAIN_SITE, REPLAY_REGISTER, create_recyclic_app
+from receiver.dev.server import LocalServer
+from receiver.ledger import Ledger, State
+from receiver.mapping.mapper import euros
+from receiver.services import EXTENSION
+from receiver.worker import Worker
+
+SETTLED = (State.FORWARDED, State.HELD, State.DEAD)
+PAHEKO_CATEGORIES = ("Vêtements", "Livres", "Électroménager", "Mobilier")
+PAHEKO_METHODS = {"Espèces": "cash", "Chèque": "check", "CB": "card", "Monnaie locale": "transfer"}
+
+
+def _token(n: int) -> str:
+    return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(n))
+
+
+def demo_config(paheko_url: str, paheko_key: tuple[str, str], recyclic_url: str, webhook: tuple[str, str]) -> str:
+    """The configuration file the demo runs on (kept in the work folder, to read and to reuse)."""
+    category_ids = {c.name: c.id for c in CATEGORIES if c.parent_id is None}
+    categories = "\n".join(f'"{name}" = "{category_ids[name]}"' for name in PAHEKO_CATEGORIES)
+    methods = "\n".join(f'"{name}" = "{code}"' for name, code in PAHEKO_METHODS.items())
+    return f"""# Written by `paheko-recyclic demo`: a local Paheko and a local Recyclic on loopback.
+[receiver]
+ledger = "sqlite:///ledger.sqlite"
+
+[worker]
+poll_interval = 1
+
+[sources.lab]
+timezone = "Europe/Paris"
+
+[sources.lab.webhook]
+user = "{webhook[0]}"
+password = "{webhook[1]}"
+
+[sources.lab.paheko]
+url = "{paheko_url}"
+api_user = "{paheko_key[0]}"
+api_password = "{paheko_key[1]}"
+
+[sources.lab.mapping]
+profile = "v2"
+close_session = true
+default_operator = "{DEFAULT_USERS[1].id}"
+
+[sources.lab.mapping.locations."Boutique principale"]
+site = "{MAIN_SITE.id}"
+register = "{REPLAY_REGISTER.id}"
+
+[sources.lab.mapping.categories]
+{categories}
+
+[sources.lab.mapping.methods]
+{methods}
+
+[sources.lab.mapping.policies]
+# Recyclic cannot show a refund inside a ticket: leave refund lines out, and record them.
+refunds = "skip"
+
+[sources.lab.sink]
+type = "recyclic"
+url = "{recyclic_url}/v1"
+username = "{MACHINE_USER.username}"
+password = "{MACHINE_USER.password}"
+pin = "{MACHINE_USER.pin}"
+"""
+
+
+def module_payload(db: Path, session_id: int) -> dict:
+    """The notification the Paheko module builds for a session (same fields, same SQL types)."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        closed, result, nb_tabs = con.execute(
+            "SELECT closed, result, nb_tabs FROM plugin_pos_sessions WHERE id = ?", (session_id,)).fetchone()
+        payments = [
+            {"method_id": m, "method": name, "total": total}
+            for m, name, total in con.execute(
+                "SELECT p.method, m.name, SUM(p.amount) FROM plugin_pos_tabs_payments p "
+                "JOIN plugin_pos_tabs t ON t.id = p.tab JOIN plugin_pos_methods m ON m.id = p.method "
+                "WHERE t.session = ? GROUP BY p.method ORDER BY p.method", (session_id,))
+        ]
+    finally:
+        con.close()
+    return {"event": "session.closed", "session_id": session_id, "closed": closed, "result": result,
+            "nb_tabs": nb_tabs, "payments": payments, "module_version": "demo", "event_id": f"{session_id}-1"}
+
+
+@dataclass
+class Stack:
+    paheko: LocalServer
+    recyclic: LocalServer
+    receiver: LocalServer
+    recyclic_app: object
+    ledger: Ledger
+    worker_thread: threading.Thread
+    stop: threading.Event
+
+    def close(self) -> None:
+        self.stop.set()
+        self.worker_thread.join(timeout=30)
+        for server in (self.receiver, self.recyclic, self.paheko):
+            server.stop()
+
+
+def _wait(ledger: Ledger, sessions: list[int], timeout: float, echo) -> dict[int, object]:
+    seen: dict[int, str] = {}
+    deadline = time.monotonic() + timeout
+    entries: dict = {}
+    while time.monotonic() < deadline:
+        entries = ledger.get_many("lab", sessions)
+        for session_id, entry in sorted(entries.items()):
+            if seen.get(session_id) != entry.state.value:
+                seen[session_id] = entry.state.value
+                echo(f"  session {session_id}: {entry.state.value} — {entry.state.label}")
+        if len(entries) == len(sessions) and all(e.state in SETTLED for e in entries.values()):
+            break
+        time.sleep(0.05)
+    return entries
+
+
+@click.command()
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".paheko-recyclic/demo"),
+              show_default=True, help="Where the demo keeps its Paheko copy, configuration and ledger.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the sessions to settle.")
+def demo(workdir: Path, timeout: float) -> None:
+    """Run the whole pipeline locally on bundled data and show what reached Recyclic.
+
+    Starts a local Paheko (a copy of a real caisse database with two closed sessions), a local
+    Recyclic, the receiver and a worker; notifies session 2 as the Paheko module would, lets the
+    poller find session 1 on its own, and prints a table per session. Nothing to install or configure.
+    """
+    workdir = workdir.resolve()
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    db = workdir / "paheko.sqlite"
+    with resources.as_file(resources.files("receiver").joinpath("dev/data/paheko-caisse.sqlite")) as bundled:
+        shutil.copy(bundled, db)
+    paheko_key = ("demobridge", _token(24))
+    webhook = ("demomodule", _token(24))
+
+    click.echo("Starting a local Paheko, a local Recyclic, the receiver and a worker on 127.0.0.1 …")
+    paheko = LocalServer(create_paheko_app(str(db), {paheko_key[0]: (paheko_key[1], "read")})).start()
+    recyclic_app = create_recyclic_app("v2")
+    recyclic = LocalServer(recyclic_app).start()
+    config_path = workdir / "config.toml"
+    config_path.write_text(demo_config(paheko.url, paheko_key, recyclic.url, webhook), encoding="utf-8")
+    config = load_config(config_path)
+    app = create_app(config)
+    logging.getLogger("receiver").setLevel(logging.WARNING)  # the demo narrates; JSON logs are for servers
+    ledger = app.extensions[EXTENSION].ledger
+    receiver = LocalServer(app).start()
+    stop = threading.Event()
+    worker = Worker(config, ledger)
+    thread = threading.Thread(target=worker.run_forever, args=(stop,), kwargs={"idle": 0.05}, daemon=True)
+    stack = Stack(paheko, recyclic, receiver, recyclic_app, ledger, thread, stop)
+    click.echo(f"  Paheko   {paheko.url}  (copy of the bundled caisse database)")
+    click.echo(f"  Recyclic {recyclic.url}/v1  (profile v2)")
+    click.echo(f"  receiver {receiver.url}/api/paheko/caisse/v1/session-closed")
+    try:
+        click.echo("\nThe Paheko module notifies session 2 (twice, like a double click):")
+        for _ in range(2):
+            answer = send(CapturedRequest.from_payload(module_payload(db, 2)), receiver.url, webhook).json()
+            click.echo(f"  → {answer['message']} (état : {answer['state_label']})")
+        click.echo("Session 1 is not notified: the reconciliation poller must find it.\n")
+        thread.start()
+        click.echo("Pipeline:")
+        entries = _wait(ledger, [1, 2], timeout, click.echo)
+        worker.close()
+        _report(entries, ledger, recyclic_app, click.echo)
+        click.echo(f"\nConfiguration: {config_path}\nLedger:        {workdir / 'ledger.sqlite'}")
+        click.echo(f"Look closer:   python3 dev.py -- --config {config_path} ledger show lab:1")
+        if len(entries) < 2 or not all(e.state in SETTLED for e in entries.values()):
+            raise click.ClickException("the sessions did not settle in time")
+    finally:
+        stack.close()
+
+
+def _report(entries: dict, ledger: Ledger, recyclic_app, echo) -> None:
+    """One line per session: what Paheko holds, what Recyclic now holds, what was left out and why."""
+    from receiver.mapping.model import load_mapped
+
+    store = recyclic_app.store
+    echo("\nsession  found by   Paheko: tickets / total       Recyclic: sales / total / weight   skipped  state")
+    for session_id, entry in sorted(entries.items()):
+        snapshot = entry.snapshot or {}
+        mapped = load_mapped(entry.mapped) if entry.mapped else None
+        sale_ids = [f.sink_id for (kind, _), f in ledger.forwards_of(entry.id).items() if kind == "sale" and f.sink_id]
+        sales = [store.sales[i] for i in sale_ids if i in store.sales]
+        total = sum(s.total_amount for s in sales)
+        grams = sum(line.weight_g for s in sales for line in s.items)
+        paheko_tabs = len(snapshot.get("tabs", []))
+        paheko_total = snapshot.get("totals", {}).get("items_total", 0)
+        skipped = len(mapped.skipped) if mapped else 0
+        echo(f"{session_id:>7}  {entry.origin:<8}  {paheko_tabs:>7} / {euros(paheko_total):>11}"
+             f"       {len(sales):>5} / {euros(total):>10} / {grams / 1000:6.3f} kg  {skipped:>7}  {entry.state.value}")
+        if entry.reason and entry.state != State.FORWARDED:
+            echo(f"         reason: {entry.reason}")
+        for reason in dict.fromkeys(part.reason for part in (mapped.skipped if mapped else ())):
+            echo(f"         left out: {reason}")
