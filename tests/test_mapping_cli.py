@@ -89,7 +89,7 @@ def invoke(*args):
 def test_check_lists_what_is_unmapped(paheko_config):
     result = invoke("--config", str(paheko_config()), "mapping", "check", "--source", "lab")
     assert result.exit_code == 1
-    lines = result.output.splitlines()
+    lines = result.stdout.splitlines()
     assert "unmapped: location 'Boutique principale': no Recyclic site in [locations]" in lines
     assert "unmapped: operator 'Alice (bénévole)': no Recyclic user in [operators] and no default_operator" in lines
     assert "unmapped: payment method 'CB': no Recyclic code in [methods]" in lines
@@ -116,7 +116,7 @@ def test_suggest_paheko_side(paheko_config):
     path = paheko_config(f'categories = {{ "Vêtements" = "{CLOTHES}" }}')
     result = invoke("--config", str(path), "mapping", "suggest", "--source", "lab")
     assert result.exit_code == 0, result.output
-    text = result.output
+    text = result.stdout
     document = tomllib.loads(text)  # valid TOML as printed
     m = document["sources"]["lab"]["mapping"]
     assert m["categories"] == {"Vêtements": CLOTHES, "Adhésion": "membership"}  # kept; membership by name
@@ -180,7 +180,7 @@ def test_suggest_with_the_local_recyclic(paheko_config):
                        "--recyclic-url", recyclic.url + "/v1", "--recyclic-user", MACHINE_USER.username,
                        "--recyclic-password", "wrong")
     assert result.exit_code == 0, result.output
-    m = tomllib.loads(result.output)["sources"]["lab"]["mapping"]
+    m = tomllib.loads(result.stdout)["sources"]["lab"]["mapping"]
     ids = {c.name: c.id for c in CATEGORIES}
     # The only site, and its register kept for deferred entry.
     assert m["locations"] == {"Boutique principale": {"site": MAIN_SITE.id, "register": REPLAY_REGISTER.id}}
