@@ -203,6 +203,13 @@ def test_unknown_location_and_operator_skip_the_whole_session(fixture_sessions):
         assert m.reconciliation.balanced and m.reconciliation.tabs.skipped == 5
 
 
+def test_opening_cash_beyond_recyclic_limit_holds(fixture_sessions):
+    s1, _ = fixture_sessions
+    rich = replace(s1, balances=[replace(s1.balances[0], open_amount=1_000_001), s1.balances[1]])
+    (reason,) = held(rich, mapping())
+    assert reason.startswith("Fond de caisse à l'ouverture (10020,01 €) supérieur au maximum accepté par Recyclic")
+
+
 def test_operator_default_and_hold(fixture_sessions):
     s1, _ = fixture_sessions
     assert map_session(s1, mapping(operators={})).opening.operator_id == DEFAULT_OPERATOR

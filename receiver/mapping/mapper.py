@@ -100,6 +100,8 @@ class _Part:
 
 @dataclass
 class _Run:
+    """One mapping in progress: hold reasons by case, then the sales and skipped parts built so far."""
+
     snapshot: SessionSnapshot
     mapping: Mapping
     held: dict[str, dict[int, list[str]]] = field(default_factory=lambda: defaultdict(dict))
