@@ -163,6 +163,7 @@ def _register_subcommands() -> None:
     from receiver.demo import demo
     from receiver.dev.paheko import paheko_command
     from receiver.dev.recyclic import recyclic_command
+    from receiver.ledger.maintenance import maintenance_group
     from receiver.mapping.cli import mapping_group
     from receiver.module.cli import module_group
 
@@ -172,6 +173,7 @@ def _register_subcommands() -> None:
         main.add_command(command)
     main.add_command(demo)
     main.add_command(module_group)
+    main.add_command(maintenance_group)
     main.add_command(mapping_group)
     dev.add_command(paheko_command)
     dev.add_command(recyclic_command)

@@ -27,6 +27,7 @@ from receiver.mapping.mapper import MappingHeld, map_session
 from receiver.mapping.model import dump_mapped, load_mapped
 from receiver.reread.client import PahekoAuthError, PahekoClient, PahekoError, PahekoSQLError
 from receiver.reread.poller import PollReport, poll_source
+from receiver.services import Metrics
 from receiver.reread.snapshot import (
     SessionNotFound,
     SessionOpen,
@@ -79,6 +80,8 @@ class Worker:
     lease: timedelta = timedelta(minutes=10)
     rng: random.Random = field(default_factory=random.Random)
     client_factory: Callable[[Source], PahekoClient] | None = None
+    sink_factory: Callable[[Source], Sink] | None = None
+    metrics: Metrics | None = None
     on_step: Callable[[Entry, str], None] | None = None  # test hook: called after each committed step
 
     def __post_init__(self) -> None:
@@ -96,7 +99,9 @@ class Worker:
 
     def sink(self, source: Source) -> Sink:
         if source.name not in self._sinks:
-            self._sinks[source.name] = build_sink(source.sink, source_name=source.name, ledger_url=self.ledger.url)
+            factory = self.sink_factory or (
+                lambda s: build_sink(s.sink, source_name=s.name, ledger_url=self.ledger.url))
+            self._sinks[source.name] = factory(source)
         return self._sinks[source.name]
 
     def close(self) -> None:
@@ -163,6 +168,7 @@ class Worker:
                 entry = self._hold(entry, held)
             except StepFailed as failure:
                 entry = self._fail(entry, failure)
+            self._count(step, entry)
             log.info(step, extra={"event": step, "source": entry.source, "session_id": entry.session_id,
                                   "state": entry.state.value,
                                   "duration_ms": round((time.perf_counter() - started) * 1000, 2)})
@@ -171,6 +177,14 @@ class Worker:
             if entry.state == State.FAILED:
                 break
         return entry
+
+    def _count(self, step: str, entry: Entry) -> None:
+        """Count a re-read or forward outcome (ok, failed, held, dead) for /metrics."""
+        counter = {"reread": "snapshots", "forward": "forwards"}.get(step)
+        if self.metrics is None or counter is None:
+            return
+        outcome = {State.FAILED: "failed", State.HELD: "held", State.DEAD: "dead"}.get(entry.state, "ok")
+        getattr(self.metrics, counter).labels(source=entry.source, outcome=outcome).inc()
 
     def _reread(self, source: Source, entry: Entry) -> Entry:
         try:

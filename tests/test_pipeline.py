@@ -8,6 +8,7 @@ poller: in every case each sale exists exactly once in Recyclic and nothing is l
 
 from __future__ import annotations
 
+import random
 import shutil
 import threading
 from collections import Counter
@@ -53,7 +54,11 @@ class Pipeline:
                     WEBHOOK).json()
 
     def worker(self, **kwargs) -> Worker:
-        return Worker(self.config, self.ledger, rng=__import__("random").Random(1), **kwargs)
+        return Worker(self.config, self.ledger, rng=random.Random(1), metrics=self.metrics, **kwargs)
+
+    @property
+    def metrics(self):
+        return self.app.extensions[EXTENSION].metrics
 
     def run(self, worker: Worker | None = None) -> None:
         worker = worker or self.worker()
@@ -146,6 +151,9 @@ def test_fixture_sessions_arrive_in_recyclic(pipeline):
     # Both Recyclic sessions were opened back-dated and closed.
     sessions = list(pipeline.recyclic_app.store.sessions.values())
     assert len(sessions) == 2 and all(s.status == "closed" for s in sessions)
+    registry = pipeline.metrics.registry
+    for name in ("paheko_recyclic_snapshots_total", "paheko_recyclic_forwards_total"):
+        assert registry.get_sample_value(name, {"source": "lab", "outcome": "ok"}) == 2
 
 
 def test_default_policies_hold_with_french_reasons(tmp_path):
@@ -210,6 +218,8 @@ def test_recyclic_down_then_back(pipeline):
     entry = pipeline.ledger.get("lab", 2)
     assert entry.state == State.FAILED and entry.next_attempt_at is not None and entry.attempts == 1
     assert "Recyclic" in entry.reason
+    assert pipeline.metrics.registry.get_sample_value(
+        "paheko_recyclic_forwards_total", {"source": "lab", "outcome": "failed"}) == 2  # 1 polled, 2 notified
     pipeline.recyclic_app.faults.up()
     pipeline.make_due()
     pipeline.run()

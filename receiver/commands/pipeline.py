@@ -27,7 +27,7 @@ def _worker():
     from receiver.worker import Worker
 
     svc = current_app_services()
-    return Worker(svc.config, svc.ledger)
+    return Worker(svc.config, svc.ledger, metrics=svc.metrics)
 
 
 @click.command()

@@ -86,12 +86,12 @@ def session_closed():
     svc = services()
     body, problem = _json_body()
     if problem:
-        svc.metrics.notifications.labels(source=g.source.name, outcome="rejected").inc()
+        svc.metrics.rejected(g.source.name, "content_type" if problem.status_code == 415 else "body")
         return problem
     try:
         notification = load_notification(body)
     except ValueError as exc:
-        svc.metrics.notifications.labels(source=g.source.name, outcome="rejected").inc()
+        svc.metrics.rejected(g.source.name, "invalid_field")
         return error(400, str(exc))
     recorded = svc.ledger.record_notification(
         g.source.name,
