@@ -53,7 +53,7 @@ api_password = "x"
     shipped = ROOT / "deploy" / "gunicorn.conf.py"
     args = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--no-control-socket"]
     args += ["--config", str(shipped)] if shipped.exists() else ["--workers", "1", "--threads", "8", "-k", "gthread"]
-    env = {**os.environ, "PAHEKO_RECYCLIC_CONFIG": str(config), "GUNICORN_BIND": f"127.0.0.1:{port}"}
+    env = {**os.environ, "PAHEKO_RECYCLIC_CONFIG": str(config), "PAHEKO_RECYCLIC_LOG_LEVEL": "warning"}
     process = subprocess.Popen([*args, "receiver.app:create_app()"], env=env, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"

@@ -13,10 +13,11 @@ from importlib import resources
 from pathlib import Path
 
 import click
-from flask.cli import FlaskGroup, NoAppException, ScriptInfo
+from flask.cli import FlaskGroup, NoAppException
 
 from receiver import __version__
-from receiver.config import CONFIG_ENV, Config, ConfigError, load_config
+from receiver.commands.context import config_from_context, config_path, remember_config
+from receiver.config import CONFIG_ENV, ConfigError, load_config
 
 
 def _create_app():
@@ -35,17 +36,6 @@ class ReceiverGroup(FlaskGroup):
         return sorted(self.commands)
 
 
-def _remember_config(ctx: click.Context, _param, value: str | None) -> str | None:
-    ctx.meta["config_path"] = value
-    return value
-
-
-def config_path() -> str | None:
-    """``--config`` if given, else ``$PAHEKO_RECYCLIC_CONFIG`` (read by :func:`load_config`)."""
-    ctx = click.get_current_context(silent=True)
-    return ctx.meta.get("config_path") if ctx else None
-
-
 @click.group(
     cls=ReceiverGroup,
     create_app=_create_app,
@@ -59,7 +49,7 @@ def config_path() -> str | None:
     metavar="FILE",
     expose_value=False,
     is_eager=True,
-    callback=_remember_config,
+    callback=remember_config,
     help=f"Configuration file (TOML). Default: ${CONFIG_ENV}. Create one with `paheko-recyclic init`.",
 )
 @click.version_option(__version__, "--version", prog_name="paheko-recyclic")
@@ -73,22 +63,6 @@ def main() -> None:
       paheko-recyclic --config config.toml run      serve the receiver (development server)
       paheko-recyclic demo                          everything, locally, on bundled data
     """
-
-
-def config_from_context() -> Config:
-    """Load the configuration for a command, turning problems into a readable CLI error."""
-    try:
-        return load_config(config_path())
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def current_app_services():
-    """The services of the CLI's app (ledger, config), loading the app on first use."""
-    from receiver.services import EXTENSION
-
-    info = click.get_current_context().ensure_object(ScriptInfo)
-    return info.load_app().extensions[EXTENSION]
 
 
 def _token(length: int) -> str:
@@ -159,11 +133,10 @@ def dev() -> None:
 
 
 def _register_subcommands() -> None:
-    from receiver.commands import ledger, pipeline, replay
+    from receiver.commands import ledger, maintenance, pipeline, replay
     from receiver.demo import demo
     from receiver.dev.paheko import paheko_command
     from receiver.dev.recyclic import recyclic_command
-    from receiver.ledger.maintenance import maintenance_group
     from receiver.mapping.cli import mapping_group
     from receiver.module.cli import module_group
 
@@ -173,7 +146,7 @@ def _register_subcommands() -> None:
         main.add_command(command)
     main.add_command(demo)
     main.add_command(module_group)
-    main.add_command(maintenance_group)
+    main.add_command(maintenance.maintenance_group)
     main.add_command(mapping_group)
     dev.add_command(paheko_command)
     dev.add_command(recyclic_command)

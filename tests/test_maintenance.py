@@ -17,11 +17,11 @@ from receiver.ledger.maintenance import (
     MaintenanceError,
     backup,
     inspect_ledger,
-    maintenance_group,
     prune_raw_bodies,
     restore,
     sqlite_path,
 )
+from receiver.commands.maintenance import maintenance_group
 from receiver.ledger.store import utcnow
 from tests.conftest import config_text
 

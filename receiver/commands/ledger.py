@@ -7,7 +7,7 @@ from datetime import datetime, tzinfo
 
 import click
 
-from receiver.cli import current_app_services
+from receiver.commands.context import current_app_services
 from receiver.ledger import Entry, State
 
 

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime
 
 import click
 
-from receiver.cli import current_app_services
+from receiver.commands.context import current_app_services
 from receiver.commands.ledger import local, table
 from receiver.ledger import State
 from receiver.ledger.store import utcnow

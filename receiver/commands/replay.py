@@ -113,7 +113,7 @@ def replay(file: Path, url: str, source: str | None, api_path: str | None, overr
         request.path = api_path.lstrip("/").removeprefix("api/")
     auth = None
     if source:
-        from receiver.cli import config_from_context
+        from receiver.commands.context import config_from_context
 
         cfg = config_from_context().sources.get(source)
         if cfg is None:

@@ -52,7 +52,8 @@ class Entry:
 
     @classmethod
     def from_row(cls, row) -> "Entry":
-        m = row._mapping
+        """From a result row, or a mapping of the same columns."""
+        m = row._mapping if hasattr(row, "_mapping") else row
         return cls(
             id=m["id"], source=m["source"], session_id=m["session_id"], state=State(m["state"]),
             reason=m["reason"], summary=json.loads(m["summary"] or "{}"), origin=m["origin"],
@@ -197,21 +198,22 @@ class Ledger:
         with self._write() as conn:
             row = self._entry_row(conn, source, session_id)
             if row is None:
+                fields = dict(
+                    source=source, session_id=session_id, state=State.NOTIFIED.value, reason=None,
+                    summary=_dump(summary), origin=origin, created_at=now, updated_at=now, attempts=0,
+                    next_attempt_at=None, claimed_by=None, claim_expires_at=None, snapshot=None, mapped=None,
+                    last_error=None,
+                )
                 try:
                     with conn.begin_nested() if self._write_lock is None else nullcontext():
-                        entry_id = conn.execute(
-                            t.entries.insert().values(
-                                source=source, session_id=session_id, state=State.NOTIFIED.value,
-                                summary=_dump(summary), origin=origin, created_at=now, updated_at=now,
-                                attempts=0,
-                            )
-                        ).inserted_primary_key[0]
-                        self._log_change(conn, entry_id, None, State.NOTIFIED, None, now)
+                        insert = {k: v for k, v in fields.items() if v is not None}
+                        fields["id"] = conn.execute(t.entries.insert().values(**insert)).inserted_primary_key[0]
+                        self._log_change(conn, fields["id"], None, State.NOTIFIED, None, now)
                     outcome = "new"
                 except IntegrityError:  # a concurrent writer (PostgreSQL) created it first
                     row = self._entry_row(conn, source, session_id)
             if row is not None:
-                entry_id = row.id
+                fields = dict(row._mapping)
                 merged, changed = _merge_summary(json.loads(row.summary or "{}"), summary)
                 outcome = "changed" if changed else "duplicate"
                 values: dict[str, Any] = {"summary": _dump(merged)}
@@ -219,19 +221,21 @@ class Ledger:
                     values["updated_at"] = now
                     current = State(row.state)
                     if current == State.FORWARDED:
-                        self._set_state(conn, entry_id, current, State.HELD, CHANGED_AFTER_FORWARD, now, values)
+                        self._set_state(conn, row.id, current, State.HELD, CHANGED_AFTER_FORWARD, now, values)
                     elif current in (State.SNAPSHOT, State.MAPPED, State.DEAD):
                         reason = "Les chiffres annoncés ont changé : la session sera relue dans Paheko."
                         values.update(next_attempt_at=None, snapshot=None, mapped=None)
-                        self._set_state(conn, entry_id, current, State.NOTIFIED, reason, now, values)
-                conn.execute(t.entries.update().where(t.entries.c.id == entry_id).values(**values))
+                        self._set_state(conn, row.id, current, State.NOTIFIED, reason, now, values)
+                if values["summary"] != row.summary or changed:
+                    conn.execute(t.entries.update().where(t.entries.c.id == row.id).values(**values))
+                    fields.update(values)
             conn.execute(
                 t.notifications.insert().values(
-                    entry_id=entry_id, received_at=now, origin=origin, outcome=outcome, event_id=event_id,
+                    entry_id=fields["id"], received_at=now, origin=origin, outcome=outcome, event_id=event_id,
                     remote_addr=remote_addr, summary=_dump(summary), raw_body=raw_body,
                 )
             )
-            entry = Entry.from_row(conn.execute(select(t.entries).where(t.entries.c.id == entry_id)).one())
+        entry = Entry.from_row(fields)
         return Recorded(entry, outcome)
 
     # -- reading ---------------------------------------------------------------------------

@@ -17,7 +17,7 @@ def mapping_group() -> None:
 
 
 def _source(name: str) -> Source:
-    from receiver.cli import config_from_context
+    from receiver.commands.context import config_from_context
 
     config = config_from_context()
     if name not in config.sources:
