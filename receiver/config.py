@@ -117,10 +117,13 @@ def _check_webhook_credential(value: str | Secret) -> None:
         )
 
 
-def _check_http_url(value: str) -> None:
+def check_http_url(value: str) -> None:
+    """An http(s) base URL without credentials, query or fragment (those belong elsewhere)."""
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValidationError("must be an http(s) URL such as https://paheko.example.org")
+        raise ValidationError("must be an http(s) URL")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ValidationError("must not carry credentials, a query or a fragment")
 
 
 @dataclass(frozen=True)
@@ -209,7 +212,7 @@ class WebhookSchema(WebhookCredentialSchema):
 
 
 class PahekoApiSchema(_Strict):
-    url = fields.String(required=True, validate=_check_http_url)
+    url = fields.String(required=True, validate=check_http_url)
     api_user = fields.String(required=True, validate=validate.Length(min=1))
     api_password = SecretField(required=True)
     connect_timeout = fields.Float(load_default=5.0, validate=validate.Range(min=0.1, max=60))

@@ -360,7 +360,7 @@ def test_locations(shop):
 def test_legacy_layout_single_drawer(tmp_path):
     path = tmp_path / "legacy.sqlite"
     with PahekoDB(path, layout="legacy") as db:
-        cash = db.method("Espèces", CASH, "530")
+        db.method("Espèces", CASH, "530")  # the drawer's method, unused by the ticket
         card = db.method("CB", TRACKED, "5115")
         session = db.open_session("2026-03-01 09:00:00", cash=4000, user="Alice")
         t = db.tab(session, "2026-03-01 10:00:00")

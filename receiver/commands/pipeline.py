@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 
 import click
 

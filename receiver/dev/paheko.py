@@ -56,9 +56,9 @@ from pathlib import Path
 from typing import Literal
 
 import click
-from werkzeug.serving import make_server
 from werkzeug.wrappers import Request
 
+from receiver.dev.server import LocalServer
 from receiver.dev.paheko_sheets import ODS_TYPE, XLSX_TYPE, ods_bytes, xlsx_bytes
 from receiver.dev.paheko_php import EncodeError, array_key, json_encode, parse_query, php_trim, to_string
 
@@ -543,15 +543,10 @@ def paheko_command(db_path: Path, host: str, port: int, user: str, password: str
     address with the printed credentials. Stop with Ctrl-C.
     """
     app = create_paheko_app(db_path, {user: (password, level)})
-    server = make_server(host, port, app, threaded=True)
-    url = f"http://{host}:{server.server_port}"
+    server = LocalServer(app, host, port)
+    url = server.url
     click.echo(f"Paheko stand-in serving {db_path} (read-only) at {url}")
     click.echo(f"  API key: {user}  secret: {password}  level: {level}")
     click.echo(f"  try: curl -u {user}:{password} {url}/api/sql -d 'SELECT * FROM plugin_pos_sessions'")
     click.echo("Ctrl-C to stop.")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    server.serve_until_interrupted()

@@ -244,11 +244,11 @@ def recyclic_command(profile: str, host: str, port: int, prefix: str) -> None:
     idempotency keys, loose validation...). Point the Recyclic sink's base URL at the printed URL,
     log in as the printed machine user, and see what was stored at /_stand-in/state.
     """
-    from werkzeug.serving import make_server
+    from receiver.dev.server import LocalServer
 
     app = create_recyclic_app(profile, prefix=prefix)  # type: ignore[arg-type]
-    server = make_server(host, port, app, threaded=True)
-    url = f"http://{host}:{server.server_address[1]}"
+    server = LocalServer(app, host, port)
+    url = server.url
     click.echo(f"Recyclic stand-in ({profile}) on {url}{prefix}")
     click.echo(f"  machine user: {MACHINE_USER.username} / {MACHINE_USER.password} (role admin, PIN {MACHINE_USER.pin})")
     click.echo(f"  site {MAIN_SITE.id} ({MAIN_SITE.name})")
@@ -258,9 +258,4 @@ def recyclic_command(profile: str, host: str, port: int, prefix: str) -> None:
     if profile == "v2":
         click.echo(f"  closing accepted: Paheko close mapping set for site {MAIN_SITE.id}")
     click.echo(f"  stored data: {url}/_stand-in/state  (Ctrl+C to stop)")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    server.serve_until_interrupted()

@@ -36,6 +36,15 @@ class LocalServer:
         self._thread.start()
         return self
 
+    def serve_until_interrupted(self) -> None:
+        """Serve in the calling thread until Ctrl-C (for the ``dev`` commands)."""
+        try:
+            self._server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self._server.server_close()
+
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, post_load, validate
 from standardwebhooks.webhooks import Webhook
 
-from receiver.config import Secret, SecretField
+from receiver.config import Secret, SecretField, check_http_url
 
 SINK_TYPES = ("recyclic", "webhook", "file")
 
@@ -55,14 +54,6 @@ class FileSinkConfig:
 SinkConfig = RecyclicSinkConfig | WebhookSinkConfig | FileSinkConfig
 
 
-def _check_http_url(value: str) -> None:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValidationError("must be an http(s) URL")
-    if parts.username or parts.password or parts.query or parts.fragment:
-        raise ValidationError("must not carry credentials, a query or a fragment")
-
-
 def _check_pin(value: Secret) -> None:
     text = value.reveal()
     if len(text) != 4 or not text.isdigit():
@@ -89,7 +80,7 @@ class _Strict(Schema):
 
 
 class RecyclicSinkSchema(_Strict):
-    url = fields.String(required=True, validate=_check_http_url)
+    url = fields.String(required=True, validate=check_http_url)
     username = fields.String(required=True, validate=validate.Length(min=1))
     password = SecretField(required=True)
     pin = SecretField(load_default=None, validate=_check_pin)
@@ -103,7 +94,7 @@ class RecyclicSinkSchema(_Strict):
 
 
 class WebhookSinkSchema(_Strict):
-    url = fields.String(required=True, validate=_check_http_url)
+    url = fields.String(required=True, validate=check_http_url)
     secret = SecretField(required=True, validate=_check_webhook_secret)
     connect_timeout = _timeout(5.0)
     read_timeout = _timeout(30.0)

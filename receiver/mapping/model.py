@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from marshmallow import RAISE, Schema, fields, post_load, validate
+from marshmallow import fields, validate
 
+from receiver.schemas import ModelSchema
 from receiver.mapping.config import PROFILES, Profile
 
 
@@ -139,17 +140,6 @@ class _Tuple(fields.List):
         return tuple(super()._deserialize(value, attr, data, **kwargs))
 
 
-class _Model(Schema):
-    class Meta:
-        unknown = RAISE
-
-    model: type = object
-
-    @post_load
-    def make(self, data: dict[str, Any], **kwargs) -> Any:
-        return self.model(**data)
-
-
 def _int(**kwargs) -> fields.Integer:
     return fields.Integer(required=True, strict=True, **kwargs)
 
@@ -158,7 +148,7 @@ def _text(**kwargs) -> fields.String:
     return fields.String(required=True, **kwargs)
 
 
-class MappedItemSchema(_Model):
+class MappedItemSchema(ModelSchema):
     model = MappedItem
     paheko_item_id = _int()
     category_id = _text()
@@ -168,7 +158,7 @@ class MappedItemSchema(_Model):
     notes = _text(allow_none=True)
 
 
-class MappedPaymentSchema(_Model):
+class MappedPaymentSchema(ModelSchema):
     model = MappedPayment
     code = _text()
     amount_cents = _int()
@@ -176,7 +166,7 @@ class MappedPaymentSchema(_Model):
     paheko_amounts_cents = _Tuple(fields.Integer(strict=True), required=True)
 
 
-class MappedSaleSchema(_Model):
+class MappedSaleSchema(ModelSchema):
     model = MappedSale
     tab_id = _int()
     idempotency_key = _text(validate=validate.Length(min=1, max=128))
@@ -186,7 +176,7 @@ class MappedSaleSchema(_Model):
     payments = _Tuple(fields.Nested(MappedPaymentSchema), required=True)
 
 
-class MappedOpeningSchema(_Model):
+class MappedOpeningSchema(ModelSchema):
     model = MappedOpening
     site_id = _text()
     register_id = _text(allow_none=True)
@@ -195,13 +185,13 @@ class MappedOpeningSchema(_Model):
     opened_at = fields.AwareDateTime(format="iso", required=True)
 
 
-class MappedClosingSchema(_Model):
+class MappedClosingSchema(ModelSchema):
     model = MappedClosing
     actual_cents = _int()
     variance_comment = _text()
 
 
-class SkippedPartSchema(_Model):
+class SkippedPartSchema(ModelSchema):
     model = SkippedPart
     kind = _text()
     tab_id = _int(allow_none=True)
@@ -212,7 +202,7 @@ class SkippedPartSchema(_Model):
     reason = _text()
 
 
-class TallySchema(_Model):
+class TallySchema(ModelSchema):
     model = Tally
     paheko = _int()
     forwarded = _int()
@@ -225,7 +215,7 @@ class MethodTallySchema(TallySchema):
     method_name = _text(allow_none=True)
 
 
-class ReconciliationSchema(_Model):
+class ReconciliationSchema(ModelSchema):
     model = Reconciliation
     tabs = fields.Nested(TallySchema, required=True)
     items_cents = fields.Nested(TallySchema, required=True)
@@ -234,7 +224,7 @@ class ReconciliationSchema(_Model):
     balanced = fields.Boolean(required=True)
 
 
-class MappedSessionSchema(_Model):
+class MappedSessionSchema(ModelSchema):
     model = MappedSession
     source = _text()
     session_id = _int()

@@ -17,8 +17,9 @@ from datetime import datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate
+from marshmallow import ValidationError, fields, validate
 
+from receiver.schemas import ModelSchema
 from receiver.reread.client import PahekoBrokenResponse, PahekoClient, PahekoError, PahekoSQLError
 from receiver.reread.queries import (
     LEGACY_ABSENT,
@@ -195,17 +196,6 @@ class SessionSnapshot:
 
 
 
-class _Strict(Schema):
-    class Meta:
-        unknown = RAISE
-
-    model: type = object
-
-    @post_load
-    def make(self, data: dict[str, Any], **kwargs) -> Any:
-        return self.model(**data)
-
-
 def _when(**kwargs) -> fields.AwareDateTime:
     return fields.AwareDateTime(format="iso", **kwargs)
 
@@ -218,13 +208,13 @@ def _int(**kwargs) -> fields.Integer:
     return fields.Integer(required=True, strict=True, allow_none=kwargs.pop("allow_none", True), **kwargs)
 
 
-class LocationSchema(_Strict):
+class LocationSchema(ModelSchema):
     model = Location
     id = _int(allow_none=False)
     name = _text(allow_none=False)
 
 
-class MethodSchema(_Strict):
+class MethodSchema(ModelSchema):
     model = Method
     id = _int(allow_none=False)
     name = _text(allow_none=False)
@@ -233,14 +223,14 @@ class MethodSchema(_Strict):
     id_location = _int()
 
 
-class CategorySchema(_Strict):
+class CategorySchema(ModelSchema):
     model = Category
     id = _int(allow_none=False)
     name = _text(allow_none=False)
     account = _text()
 
 
-class BalanceSchema(_Strict):
+class BalanceSchema(ModelSchema):
     model = Balance
     method_id = _int()
     method_name = _text()
@@ -250,7 +240,7 @@ class BalanceSchema(_Strict):
     expected_close = _int(allow_none=False)
 
 
-class ItemSchema(_Strict):
+class ItemSchema(ModelSchema):
     model = Item
     id = _int(allow_none=False)
     added = _when(required=True)
@@ -272,7 +262,7 @@ class ItemSchema(_Strict):
     id_method = _int()
 
 
-class PaymentSchema(_Strict):
+class PaymentSchema(ModelSchema):
     model = Payment
     id = _int(allow_none=False)
     method_id = _int(allow_none=False)
@@ -283,7 +273,7 @@ class PaymentSchema(_Strict):
     type = _int()
 
 
-class TabSchema(_Strict):
+class TabSchema(ModelSchema):
     model = Tab
     id = _int(allow_none=False)
     name = _text()
@@ -294,7 +284,7 @@ class TabSchema(_Strict):
     payments = fields.List(fields.Nested(PaymentSchema), required=True)
 
 
-class TotalsSchema(_Strict):
+class TotalsSchema(ModelSchema):
     model = Totals
     items_total = _int(allow_none=False)
     nb_tabs = _int(allow_none=False)
@@ -302,7 +292,7 @@ class TotalsSchema(_Strict):
     weight_grams = _int(allow_none=False)
 
 
-class CheckSchema(_Strict):
+class CheckSchema(ModelSchema):
     model = Check
     name = _text(allow_none=False)
     stored = _int()
@@ -310,7 +300,7 @@ class CheckSchema(_Strict):
     ok = fields.Boolean(required=True)
 
 
-class SessionSnapshotSchema(_Strict):
+class SessionSnapshotSchema(ModelSchema):
     model = SessionSnapshot
     source = _text(allow_none=False)
     session_id = _int(allow_none=False)
