@@ -118,6 +118,10 @@ def check_config() -> None:
             f"  source {source.name}: Paheko {source.paheko.url} (key {source.paheko.api_user}), "
             f"webhook user {source.webhook[0].user}, time zone {source.timezone.key}"
         )
+        m = source.mapping
+        sink = type(source.sink).__name__.removesuffix("SinkConfig").lower() if source.sink else "file (default)"
+        click.echo(f"    mapping: profile {m.profile}, {len(m.locations)} location(s), {len(m.categories)} "
+                   f"category(ies), {len(m.methods)} method(s); sink: {sink}")
 
 
 def _redact_url(url: str) -> str:
