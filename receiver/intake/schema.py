@@ -138,11 +138,14 @@ def french_error(messages: dict) -> str:
     return "Notification refusée — " + " ; ".join(parts) + "."
 
 
+_SCHEMA = NotificationSchema()  # stateless: one instance serves every request
+
+
 def load_notification(body: object) -> dict:
     """Validate a decoded JSON body; raise ``ValueError`` with a French message on bad input."""
     if not isinstance(body, dict):
         raise ValueError("Notification refusée — le corps doit être un objet JSON.")
     try:
-        return NotificationSchema().load(body)
+        return _SCHEMA.load(body)
     except ValidationError as exc:
         raise ValueError(french_error(exc.messages)) from None

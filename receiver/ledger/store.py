@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, create_engine, event, func, or_, select, text
+from sqlalchemy import Connection, Engine, and_, bindparam, create_engine, event, func, or_, select, text
 from sqlalchemy.exc import IntegrityError
 
 from receiver.ledger import tables as t
@@ -207,7 +207,7 @@ class Ledger:
                 try:
                     with conn.begin_nested() if self._write_lock is None else nullcontext():
                         insert = {k: v for k, v in fields.items() if v is not None}
-                        fields["id"] = conn.execute(t.entries.insert().values(**insert)).inserted_primary_key[0]
+                        fields["id"] = conn.execute(t.entries.insert(), insert).inserted_primary_key[0]
                         self._log_change(conn, fields["id"], None, State.NOTIFIED, None, now)
                     outcome = "new"
                 except IntegrityError:  # a concurrent writer (PostgreSQL) created it first
@@ -229,22 +229,23 @@ class Ledger:
                 if values["summary"] != row.summary or changed:
                     conn.execute(t.entries.update().where(t.entries.c.id == row.id).values(**values))
                     fields.update(values)
+            # Statements without .values(): their compiled form is cached, the parameters vary.
             conn.execute(
-                t.notifications.insert().values(
-                    entry_id=fields["id"], received_at=now, origin=origin, outcome=outcome, event_id=event_id,
-                    remote_addr=remote_addr, summary=_dump(summary), raw_body=raw_body,
-                )
+                t.notifications.insert(),
+                dict(entry_id=fields["id"], received_at=now, origin=origin, outcome=outcome, event_id=event_id,
+                     remote_addr=remote_addr, summary=_dump(summary), raw_body=raw_body),
             )
         entry = Entry.from_row(fields)
         return Recorded(entry, outcome)
 
     # -- reading ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _entry_row(conn: Connection, source: str, session_id: int):
-        return conn.execute(
-            select(t.entries).where(t.entries.c.source == source, t.entries.c.session_id == session_id)
-        ).first()
+    _BY_KEY = select(t.entries).where(
+        t.entries.c.source == bindparam("source"), t.entries.c.session_id == bindparam("session_id"))
+
+    @classmethod
+    def _entry_row(cls, conn: Connection, source: str, session_id: int):
+        return conn.execute(cls._BY_KEY, {"source": source, "session_id": session_id}).first()
 
     def get(self, source: str, session_id: int) -> Entry | None:
         with self.engine.connect() as conn:
@@ -401,10 +402,9 @@ class Ledger:
     @staticmethod
     def _log_change(conn, entry_id, from_state: State | None, to_state: State, reason, now) -> None:
         conn.execute(
-            t.state_changes.insert().values(
-                entry_id=entry_id, at=now, from_state=from_state.value if from_state else None,
-                to_state=to_state.value, reason=reason,
-            )
+            t.state_changes.insert(),
+            dict(entry_id=entry_id, at=now, from_state=from_state.value if from_state else None,
+                 to_state=to_state.value, reason=reason),
         )
 
     # -- forwarding (write-ahead log of what was sent to the sink) ---------------------------
