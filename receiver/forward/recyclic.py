@@ -156,9 +156,16 @@ class _Created(_Loose):
     id = fields.String(required=True)
 
 
+#: Schema instances are stateless: build them once, not per sale (nested schemas are costly to set up).
+_SCHEMAS: dict[str, Schema] = {
+    "open_v2": OpenBodyV2(), "open_legacy": OpenBody(), "sale_v2": SaleBody(), "sale_legacy": LegacySaleBody(),
+    "close": CloseBody(), "created": _Created(), "remote_session": _RemoteSession(),
+}
+
+
 def _created(data: Any, what: str) -> str:
     try:
-        return _Created().load(data if isinstance(data, dict) else {})["id"]
+        return _SCHEMAS["created"].load(data if isinstance(data, dict) else {})["id"]
     except ValidationError:
         raise DeliveryRetry(f"Recyclic answered the {what} without an id: outcome unknown, settled next time") from None
 
@@ -241,7 +248,7 @@ class _Delivering:
         if record is not None and record.status == "done" and record.sink_id:
             return record.sink_id
         lost = record is not None and record.status == "sending"
-        schema = OpenBodyV2() if mapped.profile == "v2" else OpenBody()
+        schema = _SCHEMAS[f"open_{mapped.profile}"]
         body = schema.dump(opening)
         self.record("session", mapped.session_id, "sending")
         try:
@@ -334,7 +341,7 @@ class _Delivering:
                     "Recyclic (supprimée ?). Vérifiez dans Recyclic avant toute reprise.", str(exc)) from None
             raise
         try:
-            return _RemoteSession().load(data if isinstance(data, dict) else {})
+            return _SCHEMAS["remote_session"].load(data if isinstance(data, dict) else {})
         except ValidationError as exc:
             raise DeliveryRetry(f"unexpected cash session read back from Recyclic: {exc.messages}") from None
 
@@ -355,7 +362,7 @@ class _Delivering:
     def sale_body(self, session_id: str, sale: MappedSale) -> dict[str, Any]:
         data = {"cash_session_id": session_id, "items": sale.items, "total_cents": sale.total_cents,
                 "payments": sale.payments, "note": sale.note, "sale": sale}
-        return (SaleBody() if self.mapped.profile == "v2" else LegacySaleBody()).dump(data)
+        return _SCHEMAS[f"sale_{self.mapped.profile}"].dump(data)
 
     def post_sale(self, session_id: str, sale: MappedSale) -> str:
         body = self.sale_body(session_id, sale)
@@ -397,7 +404,7 @@ class _Delivering:
             headers["X-Step-Up-Pin"] = pin
         self.record("close", mapped.session_id, "sending", idempotency_key=key)
         try:
-            answer = self.client.post(f"cash-sessions/{session_id}/close", CloseBody().dump(mapped.closing),
+            answer = self.client.post(f"cash-sessions/{session_id}/close", _SCHEMAS["close"].dump(mapped.closing),
                                       headers=headers)
         except RecyclicRefused as exc:
             if exc.code in PIN_CODES:
