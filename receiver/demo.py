@@ -208,7 +208,7 @@ def _report(entries: dict, ledger: Ledger, recyclic_app, echo) -> None:
     from receiver.mapping.model import load_mapped
 
     store = recyclic_app.store
-    echo("\nsession  found by   Paheko: tickets / total       Recyclic: sales / total / weight   skipped  state")
+    echo("\nsession  found by   Paheko: tickets / total       Recyclic: sales / total / weight   left out  state")
     for session_id, entry in sorted(entries.items()):
         snapshot = entry.snapshot or {}
         mapped = load_mapped(entry.mapped) if entry.mapped else None
@@ -218,9 +218,9 @@ def _report(entries: dict, ledger: Ledger, recyclic_app, echo) -> None:
         grams = sum(line.weight_g for s in sales for line in s.items)
         paheko_tabs = len(snapshot.get("tabs", []))
         paheko_total = snapshot.get("totals", {}).get("items_total", 0)
-        skipped = len(mapped.skipped) if mapped else 0
+        left_out = sum(p.amount_cents for p in mapped.skipped if p.item_id is not None) if mapped else 0
         echo(f"{session_id:>7}  {entry.origin:<8}  {paheko_tabs:>7} / {euros(paheko_total):>11}"
-             f"       {len(sales):>5} / {euros(total):>10} / {grams / 1000:6.3f} kg  {skipped:>7}  {entry.state.value}")
+             f"       {len(sales):>5} / {euros(total):>10} / {grams / 1000:6.3f} kg  {euros(left_out):>10}  {entry.state.value}")
         if entry.reason and entry.state != State.FORWARDED:
             echo(f"         reason: {entry.reason}")
         for reason in dict.fromkeys(part.reason for part in (mapped.skipped if mapped else ())):

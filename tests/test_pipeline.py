@@ -274,3 +274,19 @@ def test_duplicate_notifications_racing_the_poller(pipeline):
     assert len(pipeline.ledger.list()) == 2
     assert {e.state for e in pipeline.ledger.list()} == {State.FORWARDED}
     assert_exactly_once(pipeline)
+
+
+def test_demo_command_runs_the_whole_pipeline(tmp_path):
+    from click.testing import CliRunner
+
+    from receiver.cli import main
+
+    result = CliRunner().invoke(main, ["demo", "--workdir", str(tmp_path / "demo")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    [one] = [line for line in lines if line.strip().startswith("1  poller")]
+    [two] = [line for line in lines if line.strip().startswith("2  module")]
+    assert "124,50 €" in one and "127,50 €" in one and "-3,00 €" in one and one.endswith("forwarded")
+    assert "72,90 €" in two and "63,90 €" in two and "9,00 €" in two and two.endswith("forwarded")
+    assert "Session 2 déjà reçue" in result.output
+    assert (tmp_path / "demo" / "ledger.sqlite").exists()
