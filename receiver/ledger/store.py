@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 import threading
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -46,9 +47,19 @@ class Entry:
     next_attempt_at: datetime | None
     claimed_by: str | None
     claim_expires_at: datetime | None
-    snapshot: dict | None
-    mapped: dict | None
+    snapshot_json: str | None
+    mapped_json: str | None
     last_error: str | None
+
+    @cached_property
+    def snapshot(self) -> dict | None:
+        """The re-read session, parsed on first use (status and listings never need it)."""
+        return json.loads(self.snapshot_json) if self.snapshot_json else None
+
+    @cached_property
+    def mapped(self) -> dict | None:
+        """The session in the sink's model, parsed on first use."""
+        return json.loads(self.mapped_json) if self.mapped_json else None
 
     @classmethod
     def from_row(cls, row) -> "Entry":
@@ -60,8 +71,7 @@ class Entry:
             created_at=m["created_at"], updated_at=m["updated_at"], attempts=m["attempts"],
             next_attempt_at=m["next_attempt_at"], claimed_by=m["claimed_by"],
             claim_expires_at=m["claim_expires_at"],
-            snapshot=json.loads(m["snapshot"]) if m["snapshot"] else None,
-            mapped=json.loads(m["mapped"]) if m["mapped"] else None, last_error=m["last_error"],
+            snapshot_json=m["snapshot"], mapped_json=m["mapped"], last_error=m["last_error"],
         )
 
 
@@ -268,7 +278,15 @@ class Ledger:
         return {row.session_id: Entry.from_row(row) for row in rows}
 
     def known_session_ids(self, source: str, ids: Iterable[int]) -> set[int]:
-        return set(self.get_many(source, ids))
+        """Which of ``ids`` the ledger has for ``source`` (reads the ids only)."""
+        wanted = sorted(set(ids))
+        if not wanted:
+            return set()
+        with self.engine.connect() as conn:
+            return set(conn.execute(
+                select(t.entries.c.session_id)
+                .where(t.entries.c.source == source, t.entries.c.session_id.in_(wanted))
+            ).scalars())
 
     def list(
         self,
