@@ -5,7 +5,7 @@ Each notification is a new session (a real ledger write, fsync'd) and is compare
 on the same server, the trivial-route baseline. Prints p50/p99 latency, throughput and the ratio.
 Target (issue 2): p99 under 20 ms and within 3x of the trivial route.
 
-    python bench/intake.py [--requests 2000] [--concurrency 8]
+    python bench/intake.py [--requests 2000] [--concurrency 4]
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,14 +25,10 @@ from pathlib import Path
 
 import httpx
 
+from receiver.dev.server import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 USER, PASSWORD = "benchmodule", "BenchPassword123"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(workdir: Path) -> tuple[subprocess.Popen, str]:
@@ -103,7 +98,7 @@ def pct(values: list[float], p: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args()
     auth = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode(),
             "Content-Type": "application/json"}

@@ -114,10 +114,11 @@ def module_payload(db: Path, session_id: int) -> dict:
 
 @dataclass
 class Stack:
+    """Everything the demo started, stopped in reverse order."""
+
     paheko: LocalServer
     recyclic: LocalServer
     receiver: LocalServer
-    recyclic_app: object
     ledger: Ledger
     worker_thread: threading.Thread
     stop: threading.Event
@@ -127,6 +128,7 @@ class Stack:
         self.worker_thread.join(timeout=30)
         for server in (self.receiver, self.recyclic, self.paheko):
             server.stop()
+        self.ledger.close()
 
 
 def _wait(ledger: Ledger, sessions: list[int], timeout: float, echo) -> dict[int, object]:
@@ -180,7 +182,7 @@ def demo(workdir: Path, timeout: float) -> None:
     stop = threading.Event()
     worker = Worker(config, ledger)
     thread = threading.Thread(target=worker.run_forever, args=(stop,), kwargs={"idle": 0.05}, daemon=True)
-    stack = Stack(paheko, recyclic, receiver, recyclic_app, ledger, thread, stop)
+    stack = Stack(paheko, recyclic, receiver, ledger, thread, stop)
     click.echo(f"  Paheko   {paheko.url}  (copy of the bundled caisse database)")
     click.echo(f"  Recyclic {recyclic.url}/v1  (profile v2)")
     click.echo(f"  receiver {receiver.url}/api/paheko/caisse/v1/session-closed")

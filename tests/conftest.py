@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import pytest
 
 from receiver.app import create_app
 from receiver.config import Config, parse_config
-from receiver.dev.server import LocalServer
+from receiver.dev.server import LocalServer, free_port
 
 FIXTURES = Path(__file__).parent / "fixtures"
 WEBHOOK_USER, WEBHOOK_PASSWORD = "u", "p"  # what the lab capture module-request.http carries
@@ -84,12 +83,6 @@ def live_receiver(app):
     """The receiver on 127.0.0.1 through a real (threaded Werkzeug) HTTP server."""
     with LocalServer(app) as server:
         yield server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class GunicornReceiver:

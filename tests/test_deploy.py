@@ -20,7 +20,8 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from receiver.cli import main as cli
-from tests.conftest import config_text, free_port
+from receiver.dev.server import free_port
+from tests.conftest import config_text
 from tests.test_intake import GOOD, basic
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from types import TracebackType
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free right now on ``host``, for servers started in another process (gunicorn)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 class QuietHandler(WSGIRequestHandler):
