@@ -185,13 +185,14 @@ def test_error_envelope_and_request_id(stand):
     echoed = stand.http.get("/cash-sessions/00000000-0000-0000-0000-000000000000",
                             headers={"X-Request-Id": "req-42"})
     assert echoed.status_code == 404
-    assert echoed.json() == {"code": "NOT_FOUND", "detail": "Cash session not found", "retryable": False,
+    assert echoed.json() == {"code": "NOT_FOUND", "detail": "Session de caisse non trouvée", "retryable": False,
                              "correlation_id": "req-42"}
     assert echoed.headers["x-request-id"] == "req-42"
     invalid = stand.http.post("/cash-sessions/", json={"site_id": MAIN_SITE.id, "initial_amount": 20000})
     assert invalid.status_code == 422
     detail = invalid.json()["detail"]
-    assert {"type": "missing", "loc": ["body", "operator_id"], "msg": "Missing data for required field."} in detail
+    assert {"type": "missing", "loc": ["body", "operator_id"], "msg": "Field required",
+            "url": "https://errors.pydantic.dev/2.11/v/missing"} in detail
     assert ["body", "initial_amount"] in [error["loc"] for error in detail]
     assert invalid.headers["x-request-id"] == invalid.json()["correlation_id"]
 
@@ -214,8 +215,8 @@ def test_v2_back_dated_sessions_can_be_open_together_but_block_live_openings(v2)
     first = v2.open(opened_at="2026-03-01T09:30:00+01:00")
     second = v2.open(opened_at="2026-03-02T09:30:00")  # naive: taken as UTC
     sessions = {s: v2.http.get(f"/cash-sessions/{s}").json() for s in (first, second)}
-    assert sessions[first]["opened_at"] == "2026-03-01T08:30:00+00:00"
-    assert sessions[second]["opened_at"] == "2026-03-02T09:30:00+00:00"
+    assert sessions[first]["opened_at"] == "2026-03-01T08:30:00Z"
+    assert sessions[second]["opened_at"] == "2026-03-02T09:30:00Z"
     assert v2.http.post("/cash-sessions/", json={"operator_id": OPERATOR, "site_id": MAIN_SITE.id,
                                                  "initial_amount": 0}).status_code == 400
     future = v2.http.post("/cash-sessions/", json={"operator_id": OPERATOR, "site_id": MAIN_SITE.id,
@@ -259,14 +260,17 @@ def test_close_needs_a_variance_comment_whenever_card_takings_exist(stand):
     closed = stand.close(session, 20.0, "Paheko: 6,00 € par carte, écart 0")
     assert closed.status_code == 200
     assert closed.json()["status"] == "closed" and closed.json()["variance"] == -6.0
-    assert stand.sale(session).status_code == 400  # closed sessions take no sale
-    assert stand.close(session, 26.0).status_code == 400
+    # closed sessions take no sale: 422 on v2 (observed), 400 on legacy (facts silent: kept)
+    assert stand.sale(session).status_code == (422 if stand.app.store.profile == "v2" else 400)
+    again = stand.close(session, 26.0)
+    assert again.status_code == 400 and again.json()["detail"] == "La session est déjà fermée"
 
 
 def test_empty_session_is_deleted_on_close(stand):
     session = stand.open()
     closed = stand.close(session, 20.0)
-    assert closed.status_code == 200 and closed.json() == {"deleted": True}
+    assert closed.status_code == 200 and closed.json() == {
+        "message": "Session vide non enregistrée", "session_id": session, "deleted": True}
     assert stand.http.get(f"/cash-sessions/{session}").status_code == 404
 
 
@@ -326,8 +330,8 @@ def test_v2_payments_must_match_known_codes_and_the_total(v2):
     split = v2.sale(session, 6.0, payments=[{"payment_method": "CARD", "amount": 2.5},
                                             {"payment_method": "Transfer", "amount": 3.5}])
     assert split.status_code == 200
-    assert split.json()["payments"] == [{"payment_method": "card", "amount": 2.5},
-                                         {"payment_method": "transfer", "amount": 3.5}]
+    assert [(p["payment_method"], p["amount"]) for p in split.json()["payments"]] == [
+        ("card", 2.5), ("transfer", 3.5)]
     assert len(v2.app.store.sales) == 1
     codes = [o["code"] for o in v2.http.get("/sales/payment-method-options").json()]
     assert codes == ["cash", "check", "card", "transfer", "donation"]
@@ -378,9 +382,9 @@ def test_v2_negative_line_needs_a_total_covering_the_positive_lines(v2):
 def test_sale_date_is_the_session_opening_when_it_is_over_a_day_old(v2):
     old = v2.open(opened_at="2026-03-13T14:59:00+00:00")
     recent = v2.open(opened_at="2026-03-13T15:01:00+00:00", register_id=MAIN_REGISTER.id)
-    assert v2.sale(old).json()["sale_date"] == "2026-03-13T14:59:00+00:00"
+    assert v2.sale(old).json()["sale_date"] == "2026-03-13T14:59:00Z"
     dated = v2.sale(recent).json()
-    assert dated["sale_date"] == dated["created_at"] == START.isoformat()
+    assert dated["sale_date"] == dated["created_at"] == "2026-03-14T15:00:00Z"
 
 
 # -- idempotency ----------------------------------------------------------------------------------

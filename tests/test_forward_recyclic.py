@@ -414,7 +414,7 @@ def test_a_refused_opening_is_held_with_recyclics_reason(ledger):
     bad = replace(mapped, opening=replace(mapped.opening, opened_at=(START + timedelta(hours=1)).astimezone(PARIS_WINTER)))
     with pytest.raises(DeliveryHeld) as held:
         RecyclicSink(stand.config()).deliver(new_entry(ledger), bad, ledger)
-    assert "opened_at cannot be in the future" in held.value.reason
+    assert "La date d'ouverture ne peut pas être dans le futur" in held.value.reason
 
 
 # -- the fixture's real sessions, mapped by the mapper ----------------------------------------------------

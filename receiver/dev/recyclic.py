@@ -7,6 +7,10 @@ offers, for tests and the demo:
 
 - ``app.store`` — the :class:`~receiver.dev.recyclic_store.RecyclicStore` (sessions, sales, settings such
   as ``paheko_close_mappings``); ``GET /_stand-in/state`` serves its snapshot as JSON;
+- ``POST /_stand-in/redis/flush`` (or ``app.store.flush_redis()``) — lose what the real v2 keeps in Redis
+  (idempotency keys, PIN failure counters and locks), as a Redis restart, flush or eviction does;
+- ``POST /_stand-in/paheko-outbox/<id>/deliver`` — push an outbox item as Recyclic's own Paheko processor
+  would once it has a Paheko URL (the double booking the forwarder must prevent by rejecting the item);
 - ``app.contract_violations`` — one record per request whose body breaks the *published* contract,
   although the lenient server accepted it (the forwarder must keep this list empty);
 - ``app.faults`` — scripted failures and a down switch (:mod:`receiver.dev.recyclic_faults`);
@@ -28,7 +32,8 @@ from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from receiver.dev.recyclic_faults import Fault, FaultMiddleware, Faults
-from receiver.dev.recyclic_schemas import contract_errors, load_lenient, validation_errors
+from receiver.dev.recyclic_schemas import contract_errors, load_lenient, query_values, validation_errors
+from receiver.dev.recyclic_views import outbox_json
 from receiver.dev.recyclic_store import (
     CASH_ROLES, CATEGORIES, MAIN_REGISTER, MAIN_SITE, REPLAY_REGISTER, ApiError, CategoryTooLong, Clock,
     LoginRateLimited, ManualClock, Profile, RecyclicStore, User, system_clock,
@@ -92,11 +97,20 @@ def create_recyclic_app(profile: Profile = "v2", *, prefix: str = "/v1", users: 
         except ValidationError as error:
             raise ApiError(422, "VALIDATION_ERROR", validation_errors(error.normalized_messages())) from None
 
+    def load_query(route: str, args: Any) -> dict[str, Any]:
+        try:
+            return query_values(route, args)
+        except ValidationError as error:
+            if route == "outbox-list" and "cash_session_id" in error.normalized_messages():
+                raise ApiError(400, "BAD_REQUEST", "cash_session_id invalide") from None  # read in v2's code
+            raise ApiError(422, "VALIDATION_ERROR",
+                           validation_errors(error.normalized_messages(), ("query",))) from None
+
     def caller(*, cash: bool = True) -> User:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         user = store.authenticate(token if scheme.lower() == "bearer" else None)
         if cash and user.role not in CASH_ROLES:
-            raise ApiError(403, "FORBIDDEN", "Insufficient permissions")
+            raise ApiError(403, "FORBIDDEN", "Permissions insuffisantes")  # facts silent on this text
         return user
 
     api = Blueprint("recyclic", __name__, url_prefix=prefix or None)
@@ -105,7 +119,8 @@ def create_recyclic_app(profile: Profile = "v2", *, prefix: str = "/v1", users: 
     def refuse_stale_context() -> None:
         stale = [name for name in request.headers.keys() if name.lower().startswith(CONTEXT_HEADER_PREFIX)]
         if stale:
-            raise ApiError(409, "CONTEXT_STALE", f"Stale context headers: {', '.join(stale)}")
+            raise ApiError(409, "CONTEXT_STALE", "La session caisse annoncée par le client ne correspond plus au "
+                                                 "contexte serveur — rafraîchir l'enveloppe puis réessayer.")
 
     @api.post("/auth/login")
     def login():
@@ -127,7 +142,7 @@ def create_recyclic_app(profile: Profile = "v2", *, prefix: str = "/v1", users: 
         raw = body("pin")
         user = caller(cash=False)
         store.set_pin(user, load("pin", raw)["pin"])
-        return jsonify({"message": "PIN updated"})
+        return jsonify({"message": "PIN mis à jour"})
 
     @api.get("/categories/")
     def categories():
@@ -151,18 +166,33 @@ def create_recyclic_app(profile: Profile = "v2", *, prefix: str = "/v1", users: 
         session = store.open_session(load("open", raw))
         return jsonify(store.session_json(session)), 201
 
+    @api.get("/cash-sessions/")
+    def list_sessions():
+        caller(cash=False)  # v2's code lets a plain user list sessions
+        query = load_query("session-list", request.args)
+        sessions, total = store.list_sessions(query)
+        return jsonify({"data": [store.session_json(s, number_of_sales=True) for s in sessions], "total": total,
+                        "skip": query["skip"], "limit": query["limit"]})
+
+    @api.get("/cash-sessions/status/<register_id>")
+    def register_status(register_id: str):
+        caller(cash=False)
+        session = store.open_session_of_register(register_id)
+        return jsonify({"is_active": session is not None, "session_id": session.id if session else None})
+
     @api.get("/cash-sessions/<uuid:session_id>")
     def read_session(session_id: uuid.UUID):
         caller()
-        return jsonify(store.session_json(store.session(str(session_id))))
+        return jsonify(store.session_json(store.session(str(session_id)), detail=True))
 
     @api.post("/cash-sessions/<uuid:session_id>/close")
     def close_session(session_id: uuid.UUID):
         raw = body("close")
         user = caller()
         data = load("close", raw)
-        if profile == "v2":
-            store.check_step_up(user, request.headers.get("X-Step-Up-Pin"))
+        pin = request.headers.get("X-Step-Up-Pin")
+        if profile == "v2":  # the PIN is checked before the idempotency cache is looked at (read in v2's code)
+            store.check_step_up(user, pin)
         return idempotent(user, "close", {"session": str(session_id), "body": raw},
                           lambda: (200, store.close_session(str(session_id), data)))
 
@@ -171,8 +201,7 @@ def create_recyclic_app(profile: Profile = "v2", *, prefix: str = "/v1", users: 
         raw = body("sale")
         user = caller()
         data = load("sale", raw)
-        return idempotent(user, "sale", raw,
-                          lambda: (200, store.create_sale(user, data).to_json(with_items=True)))
+        return idempotent(user, "sale", raw, lambda: (200, store.sale_json(store.create_sale(user, data))))
 
     def idempotent(user: User, scope: str, fingerprinted: Any, action) -> tuple[Response, int]:
         key = request.headers.get("Idempotency-Key")
@@ -187,13 +216,45 @@ def create_recyclic_app(profile: Profile = "v2", *, prefix: str = "/v1", users: 
     @api.get("/sales/<uuid:sale_id>")
     def read_sale(sale_id: uuid.UUID):
         caller()
-        return jsonify(store.sale(str(sale_id)).to_json(with_items=True))
+        return jsonify(store.sale_json(store.sale(str(sale_id))))
+
+    if profile == "v2":
+        @api.get("/admin/paheko-outbox/items")
+        def outbox_items():
+            caller()
+            query = load_query("outbox-list", request.args)
+            items, total = store.outbox_items(query)
+            return jsonify({"data": [outbox_json(i) for i in items], "total": total, "skip": query["skip"],
+                            "limit": query["limit"]})
+
+        @api.get("/admin/paheko-outbox/items/<uuid:item_id>")
+        def outbox_item(item_id: uuid.UUID):
+            caller()
+            return jsonify(outbox_json(store.outbox_item(str(item_id)), detail=True))
+
+        @api.post("/admin/paheko-outbox/items/<uuid:item_id>/reject")
+        def reject_outbox_item(item_id: uuid.UUID):
+            raw = body("outbox-reject")
+            user = caller()
+            data = load("outbox-reject", raw)
+            return jsonify(outbox_json(store.reject_outbox_item(str(item_id), data["reason"].strip(), user),
+                                       detail=True))
 
     app.register_blueprint(api)
 
     @app.get("/_stand-in/state")
     def state():
         return jsonify(store.snapshot())
+
+    @app.post("/_stand-in/redis/flush")
+    def flush_redis():
+        """Lose what the real one keeps in Redis (idempotency keys, PIN failures and locks), as a restart does."""
+        return jsonify({"flushed": store.flush_redis()})
+
+    @app.post("/_stand-in/paheko-outbox/<item_id>/deliver")
+    def deliver_outbox_item(item_id: str):
+        """Push an outbox item as Recyclic's processor does once it has a Paheko URL (a double booking)."""
+        return jsonify(outbox_json(store.deliver_outbox_item(item_id), detail=True))
 
     @app.before_request
     def correlate() -> None:
@@ -216,8 +277,11 @@ def create_recyclic_app(profile: Profile = "v2", *, prefix: str = "/v1", users: 
     def http_error(error: HTTPException):
         if error.code and 300 <= error.code < 400:
             return error
-        return envelope(error.code or 500, error.name.upper().replace(" ", "_"), error.description,
-                        (error.code or 500) >= 500)
+        status = error.code or 500
+        # observed: 405 → code "HTTP_405", detail "Method Not Allowed" (probe P17); 404 by analogy with the
+        # business 404s ("NOT_FOUND"); the detail is the bare status phrase, as Starlette writes it
+        code = "NOT_FOUND" if status == 404 else f"HTTP_{status}"
+        return envelope(status, code, error.name, status >= 500)
 
     @app.errorhandler(LoginRateLimited)
     def login_rate_limited(_: LoginRateLimited):
@@ -257,5 +321,7 @@ def recyclic_command(profile: str, host: str, port: int, prefix: str) -> None:
     click.echo(f"  replay operator {DEFAULT_USERS[1].id} ({DEFAULT_USERS[1].username})")
     if profile == "v2":
         click.echo(f"  closing accepted: Paheko close mapping set for site {MAIN_SITE.id}")
-    click.echo(f"  stored data: {url}/_stand-in/state  (Ctrl+C to stop)")
+    click.echo(f"  stored data: {url}/_stand-in/state")
+    click.echo(f"  lose idempotency keys and PIN locks (a Redis restart): POST {url}/_stand-in/redis/flush")
+    click.echo("  (Ctrl+C to stop)")
     server.serve_until_interrupted()

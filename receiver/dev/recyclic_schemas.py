@@ -12,7 +12,7 @@ import re
 from datetime import UTC
 from typing import Any
 
-from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from receiver.dev.recyclic_store import LEGACY_PAYMENT_METHODS, Profile
 
@@ -37,8 +37,13 @@ class _Lenient(Schema):
         unknown = EXCLUDE
 
 
+#: pydantic's message for a float field given null or a non-number (observed: weight null → ``float_type``)
+FLOAT_TYPE_MSG = "Input should be a valid number"
+
+
 def _money(**kwargs) -> fields.Float:
-    return fields.Float(allow_nan=False, **kwargs)
+    return fields.Float(allow_nan=False, error_messages={"null": FLOAT_TYPE_MSG, "invalid": FLOAT_TYPE_MSG},
+                        **kwargs)
 
 
 class LoginBody(_Lenient):
@@ -99,14 +104,47 @@ class SaleBody(_Lenient):
     note = fields.String(load_default=None, allow_none=True)
 
 
+class OutboxRejectBody(_Lenient):
+    reason = fields.String(required=True, validate=validate.Length(max=4000))
+
+    @validates_schema
+    def _not_blank(self, data, **kwargs):
+        if not (data.get("reason") or "").strip():  # observed: a blank reason → 422
+            raise ValidationError({"reason": ["reason ne peut pas être vide"]})
+
+
+class SessionListQuery(_Lenient):
+    """``GET /cash-sessions/`` query (read in v2's code; unknown parameters such as ``register_id`` ignored)."""
+
+    skip = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    limit = fields.Integer(load_default=20, validate=validate.Range(1, 100))
+    status = fields.String(load_default=None, validate=validate.OneOf(("open", "closed")))
+    operator_id = fields.UUID(load_default=None)
+    site_id = fields.UUID(load_default=None)
+    date_from = fields.AwareDateTime(load_default=None, default_timezone=UTC)
+    date_to = fields.AwareDateTime(load_default=None, default_timezone=UTC)
+    search = fields.String(load_default=None)
+    include_empty = fields.Boolean(load_default=False)
+
+
+class OutboxListQuery(_Lenient):
+    skip = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    limit = fields.Integer(load_default=50, validate=validate.Range(1, 200))
+    cash_session_id = fields.UUID(load_default=None)
+    outbox_status = fields.String(load_default=None)
+    operation_type = fields.String(load_default=None)
+
+
 _LENIENT: dict[str, type[Schema]] = {
     "login": LoginBody, "refresh": RefreshBody, "pin": PinBody, "open": OpenSessionBody,
-    "close": CloseSessionBody, "sale": SaleBody, "legacy-sale": LegacySaleBody,
+    "close": CloseSessionBody, "sale": SaleBody, "legacy-sale": LegacySaleBody, "outbox-reject": OutboxRejectBody,
+    "session-list": SessionListQuery, "outbox-list": OutboxListQuery,
 }
 
 _PYDANTIC_TYPES = {
     "Missing data for required field.": "missing",
     "Field may not be null.": "none_forbidden",
+    FLOAT_TYPE_MSG: "float_type",
     "Not a valid number.": "float_parsing",
     "Not a valid integer.": "int_parsing",
     "Not a valid string.": "string_type",
@@ -120,8 +158,14 @@ def validation_errors(messages: Any, loc: tuple = ("body",)) -> list[dict[str, A
     """marshmallow's nested messages as FastAPI's ``[{type, loc, msg}]``."""
     if isinstance(messages, dict):
         return [error for key, sub in messages.items() for error in validation_errors(sub, (*loc, key))]
-    return [{"type": _PYDANTIC_TYPES.get(msg, "value_error"), "loc": list(loc), "msg": msg}
+    return [{"type": (kind := _PYDANTIC_TYPES.get(msg, "value_error")), "loc": list(loc),
+             "msg": "Field required" if kind == "missing" else msg, "url": f"https://errors.pydantic.dev/2.11/v/{kind}"}
             for msg in (messages if isinstance(messages, list) else [messages])]
+
+
+def query_values(route: str, args: Any) -> dict[str, Any]:
+    """A query string (``request.args``) read like FastAPI reads ``Query(...)``; raises :class:`ValidationError`."""
+    return _LENIENT[route]().load(args.to_dict(flat=True) if hasattr(args, "to_dict") else dict(args))
 
 
 def load_lenient(route: str, profile: Profile, body: Any) -> dict[str, Any]:
@@ -175,6 +219,7 @@ def _contracts() -> dict[str, type[Schema]]:
     return {
         "login": _strict_schema("LoginContract", {"username": text(required=True), "password": text(required=True)}),
         "refresh": _strict_schema("RefreshContract", {"refresh_token": text(required=True)}),
+        "outbox-reject": _strict_schema("OutboxRejectContract", {"reason": text(required=True)}),
         "pin": _strict_schema("PinContract", {"pin": text(required=True)}),
         "legacy-open": _strict_schema("LegacyOpenContract", dict(session_fields)),
         "open": _strict_schema("OpenContract", {**session_fields, "opened_at": iso}),

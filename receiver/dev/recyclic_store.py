@@ -18,6 +18,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Callable, Literal
 
+from receiver.dev.recyclic_redis import VolatileStore
+
 Profile = Literal["legacy", "v2"]
 Clock = Callable[[], datetime]
 
@@ -28,6 +30,10 @@ IDEMPOTENCY_TTL = timedelta(hours=24)
 IDEMPOTENCY_KEY_MAX = 128
 PIN_MAX_FAILURES = 5
 PIN_LOCK = timedelta(minutes=15)
+PIN_FAILURE_WINDOW = timedelta(seconds=60)
+#: v2 asks no variance comment up to this absolute difference in euros (read in v2's code at 000c2d4:
+#: CLOSE_VARIANCE_TOLERANCE = 0.05; the facts are silent on it)
+VARIANCE_TOLERANCE = 0.05
 DEFERRED_SALE_AGE = timedelta(hours=24)
 CATEGORY_COLUMN_MAX = 50
 CASH_ROLES = frozenset({"admin", "super-admin"})
@@ -189,11 +195,8 @@ class Line:
     unit_price: int
     total_price: int
     notes: str | None
-
-    def to_json(self, sale_id: str) -> dict[str, Any]:
-        return {"id": self.id, "sale_id": sale_id, "category": self.category, "quantity": self.quantity,
-                "weight": self.weight_g / 1000, "unit_price": _euros(self.unit_price),
-                "total_price": _euros(self.total_price), "notes": self.notes}
+    #: the float kilograms as received: sums over them are float sums, as in the real PostgreSQL
+    weight_kg: float = 0.0
 
 
 @dataclass
@@ -209,16 +212,11 @@ class Sale:
     sale_date: datetime
     created_at: datetime
     items: list[Line]
+    payment_ids: list[str] = field(default_factory=list)
 
-    def to_json(self, *, with_items: bool) -> dict[str, Any]:
-        data = {"id": self.id, "cash_session_id": self.cash_session_id, "operator_id": self.operator_id,
-                "total_amount": _euros(self.total_amount), "donation": _euros(self.donation),
-                "payment_method": self.payment_method,
-                "payments": [{"payment_method": code, "amount": _euros(amount)} for code, amount in self.payments],
-                "note": self.note, "sale_date": _iso(self.sale_date), "created_at": _iso(self.created_at)}
-        if with_items:
-            data["items"] = [line.to_json(self.id) for line in self.items]
-        return data
+    def total_weight(self) -> float:
+        """Σ line weights as a float sum (``70.85000000000001`` and the like, as read back from the real one)."""
+        return float(sum(line.weight_kg for line in self.items))
 
 
 @dataclass
@@ -236,12 +234,40 @@ class CashSession:
     variance: int | None = None
     variance_comment: str | None = None
     sale_ids: list[str] = field(default_factory=list)
+    # The real columns are floats, accumulated sale by sale: what is read back carries float artefacts.
+    total_sales_f: float = 0.0
+    total_donations_f: float = 0.0
+    current_amount_f: float = 0.0
+    closing_amount_f: float | None = None
+    variance_f: float | None = None
+    report_name: str | None = None
+    report_token: str | None = None
+    accounting_close_snapshot: dict[str, Any] | None = None
+    outbox_item_id: str | None = None
+    correlation_id: str | None = None
+    accounting_config_revision_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+@dataclass
+class OutboxItem:
+    """A row of v2's ``paheko_outbox_items``: what a close queues for Recyclic's own push to Paheko."""
+
+    id: str
+    cash_session_id: str
+    site_id: str
+    correlation_id: str
+    created_at: datetime
+    updated_at: datetime
+    payload: dict[str, Any]
+    outbox_status: str = "pending"
+    sync_state_core: str = "a_reessayer"
+    rejection_reason: str | None = None
+    transitions: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
 class Remembered:
     fingerprint: str
-    stored_at: datetime
     status: int
     body: dict[str, Any]
 
@@ -250,8 +276,22 @@ def fingerprint(body: Any) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+#: Keys of a sale's first answer that an idempotent replay does not carry (observed, probe P8b).
+REPLAY_DROPPED_KEYS = ("fiscal_branch", "sale_fiscal_year", "current_open_fiscal_year", "effective_business_tag")
+
+#: v2's close checks, in the order observed on the real backend (facts table "close checks, in order").
+CLOSE_CHECKS_V2 = ("pin", "empty", "closed", "variance", "mapping")
+#: Legacy 1.3: no step-up PIN and no Paheko close mapping. The facts are silent on the order of the others;
+#: kept as the stand-in had it (status, then empty, then variance).
+CLOSE_CHECKS_LEGACY = ("closed", "empty", "variance")
+
+
 class RecyclicStore:
-    """Users, tokens, reference data, sessions and sales of one stand-in instance (thread-safe)."""
+    """Users, tokens, reference data, sessions and sales of one stand-in instance (thread-safe).
+
+    ``redis`` (:class:`~receiver.dev.recyclic_redis.VolatileStore`) holds what the real v2 keeps in Redis:
+    idempotency answers and the step-up PIN failure counter and lock. :meth:`flush_redis` loses them.
+    """
 
     def __init__(self, profile: Profile, users: list[User], clock: Clock, token_lifetime: timedelta,
                  paheko_close_mappings: set[str]):
@@ -268,12 +308,13 @@ class RecyclicStore:
         self.paheko_close_mappings = paheko_close_mappings
         self.sessions: dict[str, CashSession] = {}
         self.sales: dict[str, Sale] = {}
+        self.outbox: dict[str, OutboxItem] = {}
+        #: report file names written by closes (the real one writes a CSV per closed session)
+        self.reports: dict[str, str] = {}
+        self.redis = VolatileStore(clock)
         self._access: dict[str, Token] = {}
         self._refresh: dict[str, Token] = {}
         self._logins: dict[str, deque[datetime]] = {}
-        self._pin_failures: dict[str, int] = {}
-        self._pin_locked_until: dict[str, datetime] = {}
-        self._idempotency: dict[tuple[str, str, str], Remembered] = {}
 
     # -- authentication -------------------------------------------------------------------------
 
@@ -288,14 +329,14 @@ class RecyclicStore:
             window.append(now)
             user = next((u for u in self.users.values() if u.username == username), None)
             if user is None or not secrets.compare_digest(user.password, password):
-                raise ApiError(401, "UNAUTHORIZED", "Incorrect username or password")
+                raise ApiError(401, "UNAUTHORIZED", "Identifiants invalides ou utilisateur inactif")  # observed
             return self._issue(user)
 
     def refresh(self, refresh_token: str) -> dict[str, Any]:
         with self.lock:
             token = self._refresh.pop(refresh_token, None)
             if token is None or token.expires_at <= self.clock():
-                raise ApiError(401, "UNAUTHORIZED", "Invalid or revoked refresh token")
+                raise ApiError(401, "UNAUTHORIZED", "Refresh token invalide ou expiré")  # read in v2's code
             return self._issue(self.users[token.user_id])
 
     def _issue(self, user: User) -> dict[str, Any]:
@@ -314,53 +355,67 @@ class RecyclicStore:
         with self.lock:
             token = self._access.get(access_token or "")
             if token is None or token.expires_at <= self.clock():
-                raise ApiError(401, "UNAUTHORIZED", "Could not validate credentials")
+                # facts silent on this text: the stand-in's own French wording
+                raise ApiError(401, "UNAUTHORIZED", "Jeton d'authentification invalide ou expiré")
             return self.users[token.user_id]
 
     def set_pin(self, user: User, pin: str) -> None:
         with self.lock:
-            user.pin = pin
-            self._pin_failures.pop(user.id, None)
-            self._pin_locked_until.pop(user.id, None)
+            user.pin = pin  # the failure counter and the lock live in Redis and are left as they are
 
     def check_step_up(self, user: User, pin: str | None) -> None:
-        """v2's ``X-Step-Up-Pin`` rule: 5 wrong PINs lock the user for 15 minutes."""
+        """v2's ``X-Step-Up-Pin``: failures counted in Redis in a 60 s window opened by the first one;
+        the 5th within it locks the user for 15 minutes (429, even with the right PIN)."""
+        fail_key, lock_key = f"stepup:pin_fail:{user.id}", f"stepup:pin_lockout:{user.id}"
         with self.lock:
-            locked_until = self._pin_locked_until.get(user.id)
-            if locked_until and locked_until > self.clock():
-                raise ApiError(429, "STEP_UP_LOCKED", "Too many wrong PINs; try again later", retryable=True)
-            if not pin:
-                raise ApiError(403, "STEP_UP_PIN_REQUIRED", "This action requires the X-Step-Up-Pin header")
-            if user.pin is None or not secrets.compare_digest(user.pin, pin):
-                failures = self._pin_failures.get(user.id, 0) + 1
-                self._pin_failures[user.id] = failures
+            if self.redis.exists(lock_key):
+                raise ApiError(429, "STEP_UP_LOCKED", "Trop de tentatives PIN step-up ; réessayez plus tard.",
+                               retryable=True)
+            if not pin or not pin.strip():
+                raise ApiError(403, "STEP_UP_PIN_REQUIRED", "En-tête X-Step-Up-Pin requis pour cette opération.")
+            if user.pin is None:
+                raise ApiError(403, "STEP_UP_PIN_NOT_CONFIGURED",
+                               "Aucun PIN défini pour cet utilisateur ; configurez un PIN avant cette opération.")
+            if not secrets.compare_digest(user.pin, pin.strip()):
+                failures = self.redis.incr(fail_key)
+                if failures == 1:
+                    self.redis.expire(fail_key, PIN_FAILURE_WINDOW)
                 if failures >= PIN_MAX_FAILURES:
-                    self._pin_failures.pop(user.id)
-                    self._pin_locked_until[user.id] = self.clock() + PIN_LOCK
-                raise ApiError(403, "STEP_UP_PIN_INVALID", "Invalid PIN")
-            self._pin_failures.pop(user.id, None)
+                    self.redis.setex(lock_key, PIN_LOCK, "1")
+                raise ApiError(403, "STEP_UP_PIN_INVALID", "PIN step-up invalide.")
+            self.redis.delete(fail_key)
 
-    # -- idempotency ----------------------------------------------------------------------------
+    # -- idempotency (in Redis: lost by flush_redis) ------------------------------------------------
 
     def remembered(self, user: User, scope: str, key: str | None, body: Any) -> Remembered | None:
         """The stored answer for a repeated ``Idempotency-Key``; 409 when the body differs."""
         if not key:
             return None
         with self.lock:
-            entry = self._idempotency.get((user.id, scope, key[:IDEMPOTENCY_KEY_MAX]))
-            if entry is None or entry.stored_at <= self.clock() - IDEMPOTENCY_TTL:
+            entry = self.redis.get(self._idempotency_key(user, scope, key))
+            if entry is None:
                 return None
             if entry.fingerprint != fingerprint(body):
                 raise ApiError(409, "IDEMPOTENCY_KEY_CONFLICT",
-                               "Idempotency-Key already used with a different request body")
+                               "Idempotency-Key déjà utilisé avec un corps différent.")  # observed
             return entry
 
     def remember(self, user: User, scope: str, key: str | None, body: Any, status: int,
                  response: dict[str, Any]) -> None:
         if key:
+            if scope == "sale":  # the cached answer is taken before the sale is enriched (observed, P8b)
+                response = {k: v for k, v in response.items() if k not in REPLAY_DROPPED_KEYS}
             with self.lock:
-                self._idempotency[(user.id, scope, key[:IDEMPOTENCY_KEY_MAX])] = Remembered(
-                    fingerprint(body), self.clock(), status, response)
+                self.redis.setex(self._idempotency_key(user, scope, key), IDEMPOTENCY_TTL,
+                                 Remembered(fingerprint(body), status, response))
+
+    @staticmethod
+    def _idempotency_key(user: User, scope: str, key: str) -> str:
+        return f"idempotency:{scope}:{user.id}:{key[:IDEMPOTENCY_KEY_MAX]}"
+
+    def flush_redis(self) -> int:
+        """Lose every idempotency key, PIN failure counter and PIN lock (a Redis restart or FLUSHALL)."""
+        return self.redis.flush()
 
     # -- cash sessions --------------------------------------------------------------------------
 
@@ -369,20 +424,25 @@ class RecyclicStore:
             now = self.clock()
             operator_id, site_id = str(data["operator_id"]), str(data["site_id"])
             register_id = data.get("register_id") and str(data["register_id"])
-            if operator_id not in self.users:
-                raise ApiError(400, "BAD_REQUEST", "Operator not found")
-            if site_id not in {site.id for site in self.sites}:
-                raise ApiError(400, "BAD_REQUEST", "Site not found")
-            if register_id and register_id not in {r.id for r in self.registers if r.site_id == site_id}:
-                raise ApiError(400, "BAD_REQUEST", "Cash register not found for this site")
             opened_at = data.get("opened_at") if self.profile == "v2" else None
             opened_at = opened_at and opened_at.astimezone(UTC)
             if opened_at is not None and opened_at > now:
-                raise ApiError(400, "BAD_REQUEST", "opened_at cannot be in the future")
+                raise ApiError(400, "BAD_REQUEST", "La date d'ouverture ne peut pas être dans le futur")  # observed
+            if operator_id not in self.users:
+                if self.profile == "v2":
+                    raise ApiError(404, "NOT_FOUND", "Opérateur non trouvé")  # observed (probe P2)
+                raise ApiError(400, "BAD_REQUEST", "Opérateur non trouvé")  # legacy: facts silent on the status
+            # facts silent on unknown sites and registers: refused here with a French text of the stand-in's own
+            if site_id not in {site.id for site in self.sites}:
+                raise ApiError(400, "BAD_REQUEST", "Site non trouvé")
+            if register_id and register_id not in {r.id for r in self.registers if r.site_id == site_id}:
+                raise ApiError(400, "BAD_REQUEST", "Poste de caisse non trouvé pour ce site")
             if opened_at is None:
                 self._refuse_live_opening(operator_id, register_id)
-            session = CashSession(str(uuid.uuid4()), operator_id, site_id, register_id,
-                                  cents(data["initial_amount"]), opened_at or now, opened_at is not None)
+            initial = cents(data["initial_amount"])
+            session = CashSession(str(uuid.uuid4()), operator_id, site_id, register_id, initial,
+                                  opened_at or now, opened_at is not None)
+            session.current_amount_f = float(data["initial_amount"])
             self.sessions[session.id] = session
             return session
 
@@ -390,53 +450,185 @@ class RecyclicStore:
         for other in self.sessions.values():
             if other.status != "open":
                 continue
-            if other.operator_id == operator_id:
-                raise ApiError(400, "BAD_REQUEST", "This operator already has an open cash session")
+            if other.operator_id == operator_id:  # observed texts
+                raise ApiError(400, "BAD_REQUEST", "Une session de caisse est déjà ouverte pour cet opérateur")
             if register_id and other.register_id == register_id:
-                raise ApiError(400, "BAD_REQUEST", "This cash register already has an open cash session")
+                raise ApiError(400, "BAD_REQUEST", "Une session est déjà ouverte pour ce poste de caisse")
 
     def session(self, session_id: str) -> CashSession:
         with self.lock:
             session = self.sessions.get(session_id)
         if session is None:
-            raise ApiError(404, "NOT_FOUND", "Cash session not found")
+            raise ApiError(404, "NOT_FOUND", "Session de caisse non trouvée")  # observed (probe P22)
         return session
 
-    def session_json(self, session: CashSession) -> dict[str, Any]:
-        with self.lock:
-            sales = [self.sales[sale_id] for sale_id in session.sale_ids]
-            return {
-                "id": session.id, "operator_id": session.operator_id, "site_id": session.site_id,
-                "register_id": session.register_id, "initial_amount": _euros(session.initial_amount),
-                "status": session.status, "opened_at": _iso(session.opened_at), "closed_at": _iso(session.closed_at),
-                "total_sales": _euros(sum(s.total_amount - s.donation for s in sales)),
-                "total_items": len(sales),
-                "total_weight_out": sum(line.weight_g for s in sales for line in s.items) / 1000,
-                "actual_amount": _euros(session.actual_amount), "variance": _euros(session.variance),
-                "variance_comment": session.variance_comment,
-                "sales": [sale.to_json(with_items=False) for sale in sales],
-            }
+    def list_sessions(self, query: dict[str, Any]) -> tuple[list[CashSession], int]:
+        """``GET /cash-sessions/``: filters, newest opening first, then ``skip``/``limit``.
 
-    def close_session(self, session_id: str, data: dict[str, Any]) -> dict[str, Any]:
+        Read in v2's code at 000c2d4 (the facts only say the listing exists, with ``status`` and
+        ``number_of_sales``): ``status``, ``operator_id``, ``site_id``, ``date_from``/``date_to`` (on
+        ``opened_at``; naive = UTC), ``search`` (operator name or session id), ``include_empty`` (default
+        **false**: a session with no sale is not listed). There is **no** ``register_id`` filter on the
+        route: like any unknown query parameter it is ignored and every register's sessions come back.
+        """
         with self.lock:
-            session = self.session(session_id)
-            if self.profile == "v2" and not {session.site_id, session.register_id} & self.paheko_close_mappings:
-                raise ApiError(409, "PAHEKO_SYNC_FINAL_ACTION_REFUSED",
-                               "No Paheko close mapping for this site or cash register")
-            if session.status != "open":
-                raise ApiError(400, "BAD_REQUEST", "Cash session is not open")
-            if not session.sale_ids:
-                del self.sessions[session.id]
-                return {"deleted": True}
-            actual = cents(data["actual_amount"])
-            expected = session.initial_amount + sum(self.sales[s].total_amount for s in session.sale_ids)
-            comment = (data.get("variance_comment") or "").strip() or None
-            if actual != expected and comment is None:
-                raise ApiError(400, "BAD_REQUEST",
-                               "A variance comment is required when the counted amount differs from the expected one")
-            session.status, session.closed_at = "closed", self.clock()
-            session.actual_amount, session.variance, session.variance_comment = actual, actual - expected, comment
-            return self.session_json(session)
+            sessions = list(self.sessions.values())
+            if query.get("status"):
+                sessions = [s for s in sessions if s.status == query["status"]]
+            for name in ("operator_id", "site_id"):
+                if query.get(name):
+                    sessions = [s for s in sessions if getattr(s, name) == str(query[name])]
+            if query.get("date_from"):
+                sessions = [s for s in sessions if s.opened_at >= query["date_from"]]
+            if query.get("date_to"):
+                sessions = [s for s in sessions if s.opened_at <= query["date_to"]]
+            if query.get("search"):
+                needle = query["search"].strip().lower()
+                sessions = [s for s in sessions if needle in s.id.lower()
+                            or needle in self.users[s.operator_id].username.lower()]
+            if not query.get("include_empty"):
+                sessions = [s for s in sessions if s.total_sales_f > 0 or s.sale_ids]
+            sessions.sort(key=lambda s: s.opened_at, reverse=True)
+            skip, limit = query.get("skip", 0), query.get("limit", 20)
+            return sessions[skip:skip + limit], len(sessions)
+
+    def open_session_of_register(self, register_id: str) -> CashSession | None:
+        """``GET /cash-sessions/status/{register_id}`` (read in v2's code): an open session of that register
+        opened in the last 90 days (older deferred ones are not counted)."""
+        with self.lock:
+            horizon = self.clock() - timedelta(days=90)
+            return next((s for s in self.sessions.values() if s.register_id == register_id
+                         and s.status == "open" and s.opened_at >= horizon), None)
+
+    def close_session(self, session_id: str, data: dict[str, Any], user: User | None = None,
+                      pin: str | None = None) -> dict[str, Any]:
+        """Close (or delete, when it has no sale) a session, running the profile's checks in order.
+
+        ``user``/``pin`` are the caller and its ``X-Step-Up-Pin`` (v2); without a user the PIN check is
+        skipped (tests and the demo close sessions directly)."""
+        with self.lock:
+            checks = CLOSE_CHECKS_V2 if self.profile == "v2" else CLOSE_CHECKS_LEGACY
+            session: CashSession | None = None
+            for check in checks:
+                if check == "pin":
+                    if user is not None:
+                        self.check_step_up(user, pin)
+                    continue
+                session = session or self.session(session_id)
+                if check == "empty" and not session.sale_ids and session.status == "open":
+                    del self.sessions[session.id]
+                    # observed: 200 {"deleted": true}; the other two keys read in v2's code
+                    return {"message": "Session vide non enregistrée", "session_id": session.id, "deleted": True}
+                if check == "closed" and session.status != "open":
+                    raise ApiError(400, "BAD_REQUEST", "La session est déjà fermée")  # observed (probe P13)
+                if check == "variance":
+                    self._check_variance(session, data)
+                if check == "mapping" and not {session.site_id, session.register_id} & self.paheko_close_mappings:
+                    # text: facts silent (the real answer carries a policy payload); code observed
+                    raise ApiError(409, "PAHEKO_SYNC_FINAL_ACTION_REFUSED",
+                                   "Clôture refusée : aucune correspondance de clôture Paheko pour ce site "
+                                   "ou ce poste de caisse.")
+            assert session is not None
+            return self._close(session, data)
+
+    def _theoretical(self, session: CashSession) -> float:
+        return float(session.initial_amount / 100) + session.total_sales_f + session.total_donations_f
+
+    def _check_variance(self, session: CashSession, data: dict[str, Any]) -> None:
+        actual = float(data["actual_amount"])
+        theoretical = self._theoretical(session)
+        variance = actual - theoretical
+        comment = (data.get("variance_comment") or "").strip()
+        tolerance = VARIANCE_TOLERANCE if self.profile == "v2" else 0.0  # legacy: facts silent, kept exact
+        if abs(variance) > tolerance + 1e-9 and not comment:
+            raise ApiError(400, "BAD_REQUEST",  # observed text (probe P11)
+                           f"Un commentaire est obligatoire en cas d'écart entre le montant théorique "
+                           f"({theoretical:.2f}€) et le montant physique ({actual:.2f}€). Écart: {variance:+.2f}€")
+
+    def _close(self, session: CashSession, data: dict[str, Any]) -> dict[str, Any]:
+        now = self.clock()
+        actual = float(data["actual_amount"])
+        theoretical = self._theoretical(session)
+        comment = (data.get("variance_comment") or "").strip() or None
+        session.status, session.closed_at = "closed", now
+        session.actual_amount = cents(actual)
+        session.closing_amount_f, session.variance_f = theoretical, actual - theoretical
+        session.variance = session.actual_amount - (session.initial_amount + sum(
+            self.sales[s].total_amount for s in session.sale_ids))
+        session.variance_comment = comment
+        if self.profile == "v2":
+            self._close_side_effects(session, now)
+        return self.session_json(session, close_answer=True)
+
+    def _close_side_effects(self, session: CashSession, now: datetime) -> None:
+        """v2 writes a CSV report, freezes an accounting snapshot and queues a Paheko outbox item (observed;
+        the snapshot's and the report name's inner layout are the stand-in's own, the facts don't show them)."""
+        session.correlation_id = str(uuid.uuid4())
+        session.report_name = f"cash_session_{session.id}_{now:%Y%m%d_%H%M%S}.csv"
+        session.report_token = secrets.token_urlsafe(24)
+        self.reports[session.report_name] = session.id
+        by_method: dict[str, float] = {}
+        for sale_id in session.sale_ids:
+            for code, amount in self.sales[sale_id].payments:
+                by_method[code] = by_method.get(code, 0.0) + amount / 100
+        session.accounting_close_snapshot = {
+            "schema_version": 1, "cash_session_id": session.id, "site_id": session.site_id,
+            "register_id": session.register_id, "closed_at": _iso_z(now),
+            "sync_correlation_id": session.correlation_id,
+            "accounting_config_revision_id": session.accounting_config_revision_id,
+            "totals": {"by_payment_method_signed": by_method, "sales_completed": session.total_sales_f,
+                       "refunds": 0.0, "net": session.total_sales_f},
+            "theoretical_cash_amount": session.closing_amount_f, "actual_cash_amount": session.actual_amount / 100,
+            "cash_variance": session.variance_f,
+        }
+        item = OutboxItem(str(uuid.uuid4()), session.id, session.site_id, session.correlation_id, now, now,
+                          {"cash_session_id": session.id, "accounting_close_snapshot": session.accounting_close_snapshot})
+        self.outbox[item.id] = item
+        session.outbox_item_id = item.id
+
+    # -- Recyclic's Paheko outbox (v2) ---------------------------------------------------------------
+
+    def outbox_items(self, query: dict[str, Any]) -> tuple[list[OutboxItem], int]:
+        with self.lock:
+            items = sorted(self.outbox.values(), key=lambda i: i.created_at, reverse=True)
+            if query.get("cash_session_id"):
+                items = [i for i in items if i.cash_session_id == str(query["cash_session_id"])]
+            if query.get("outbox_status"):
+                items = [i for i in items if i.outbox_status == query["outbox_status"]]
+            skip, limit = query.get("skip", 0), query.get("limit", 50)
+            return items[skip:skip + limit], len(items)
+
+    def outbox_item(self, item_id: str) -> OutboxItem:
+        with self.lock:
+            item = self.outbox.get(item_id)
+        if item is None:
+            raise ApiError(404, "NOT_FOUND", "Élément outbox introuvable")  # observed status; text read in code
+        return item
+
+    def reject_outbox_item(self, item_id: str, reason: str, user: User) -> OutboxItem:
+        """Observed: 200 and ``failed``/``rejete`` (never pushed); again → 200 unchanged; delivered → 409."""
+        with self.lock:
+            item = self.outbox_item(item_id)
+            if item.outbox_status == "delivered":
+                raise ApiError(409, "CONFLICT", "Ligne déjà synchronisée (delivered / resolu) ; rejet impossible "
+                                                "sans correction métier.")
+            if item.sync_state_core != "rejete":
+                now = self.clock()
+                item.transitions.append({
+                    "transition_name": "reject", "from_sync_state": item.sync_state_core, "to_sync_state": "rejete",
+                    "from_outbox_status": item.outbox_status, "to_outbox_status": "failed",
+                    "actor_user_id": user.id, "occurred_at": _iso_z(now), "reason": reason})
+                item.outbox_status, item.sync_state_core, item.rejection_reason = "failed", "rejete", reason
+                item.updated_at = now
+            return item
+
+    def deliver_outbox_item(self, item_id: str) -> OutboxItem:
+        """What Recyclic's processor does once a Paheko URL is configured: push the item (double booking)."""
+        with self.lock:
+            item = self.outbox_item(item_id)
+            if item.sync_state_core != "rejete":
+                item.outbox_status, item.sync_state_core, item.updated_at = "delivered", "resolu", self.clock()
+            return item
 
     # -- sales ----------------------------------------------------------------------------------
 
@@ -444,57 +636,95 @@ class RecyclicStore:
         with self.lock:
             session = self.session(str(data["cash_session_id"]))
             if session.status != "open":
-                raise ApiError(400, "BAD_REQUEST", "Cash session is not open")
+                if self.profile == "v2":  # observed (probe P14)
+                    raise ApiError(422, "VALIDATION_ERROR",
+                                   f"Impossible de créer une vente pour une session fermée (statut: {session.status})")
+                raise ApiError(400, "BAD_REQUEST", "La session de caisse n'est pas ouverte")  # legacy: facts silent
             total = cents(data["total_amount"])
             payments, method = self._payments(data, total)
             lines = [Line(str(uuid.uuid4()), item["category"], item["quantity"], grams(item["weight"]),
-                          cents(item["unit_price"]), cents(item["total_price"]), item.get("notes"))
+                          cents(item["unit_price"]), cents(item["total_price"]), item.get("notes"),
+                          float(item["weight"]))
                      for item in data["items"]]
             if any(len(line.category) > CATEGORY_COLUMN_MAX for line in lines):
                 raise CategoryTooLong()
             now = self.clock()
             when = session.opened_at if session.opened_at < now - DEFERRED_SALE_AGE else now
-            sale = Sale(str(uuid.uuid4()), session.id, user.id, total, cents(data.get("donation") or 0), method,
-                        payments, data.get("note") if self.profile == "v2" else None, when, when, lines)
+            donation = float(data.get("donation") or 0)
+            sale = Sale(str(uuid.uuid4()), session.id, user.id, total, cents(donation), method,
+                        payments, data.get("note") if self.profile == "v2" else None, when, when, lines,
+                        [str(uuid.uuid4()) for _ in payments])
             self.sales[sale.id] = sale
             session.sale_ids.append(sale.id)
+            session.total_sales_f += float(data["total_amount"]) - donation
+            session.total_donations_f += donation
+            session.current_amount_f += float(data["total_amount"])
             return sale
 
     def _payments(self, data: dict[str, Any], total: int) -> tuple[list[tuple[str, int]], str | None]:
-        """v2 ``payments[]`` (checked against the options) or the legacy single ``payment_method``."""
+        """v2 ``payments[]`` (checked against the options) or the single ``payment_method``.
+
+        Observed on v2: ``payments: []`` with a 0 € total → 200, no payment row; no ``payments`` field → one
+        ``cash`` payment of the total (the ``payment_method`` field, default ``cash``, names it). Facts silent
+        on a 0 € or negative total without ``payments``: no payment row (a payment amount must be > 0)."""
         if self.profile == "legacy":
             return [], data["payment_method"]
         known = {code for code, _ in self.payment_methods}
-        if data.get("payments"):
+        if data.get("payments") is not None:
             payments = [(p["payment_method"].lower(), cents(p["amount"])) for p in data["payments"]]
             unknown = sorted({code for code, _ in payments} - known)
             if unknown:
-                raise ApiError(400, "BAD_REQUEST", f"Unknown payment method: {', '.join(unknown)}")
+                raise ApiError(400, "BAD_REQUEST", f"Moyen de paiement inconnu : {', '.join(unknown)}")
             if sum(amount for _, amount in payments) != total:
-                raise ApiError(400, "BAD_REQUEST", "The sum of payments must equal total_amount")
+                raise ApiError(400, "BAD_REQUEST",
+                               "La somme des paiements doit être égale au montant total de la vente")
             positive = sum(cents(i["total_price"]) for i in data["items"] if cents(i["total_price"]) > 0)
             if any(cents(i["total_price"]) < 0 for i in data["items"]) and total < positive:
-                raise ApiError(400, "BAD_REQUEST", "total_amount must cover the positive lines")
-            return payments, payments[0][0]
-        method = data.get("payment_method")
-        if method is None:
-            raise ApiError(400, "BAD_REQUEST", "payments is required")
-        if method.lower() not in known:
-            raise ApiError(400, "BAD_REQUEST", f"Unknown payment method: {method}")
-        return [], method.lower()
+                raise ApiError(400, "BAD_REQUEST", "Le montant total doit couvrir les lignes positives")
+            return payments, payments[0][0] if payments else "cash"
+        method = (data.get("payment_method") or "cash").lower()
+        if method not in known:
+            raise ApiError(400, "BAD_REQUEST", f"Moyen de paiement inconnu : {method}")
+        return ([(method, total)] if total > 0 else []), method
 
     def sale(self, sale_id: str) -> Sale:
         with self.lock:
             sale = self.sales.get(sale_id)
         if sale is None:
-            raise ApiError(404, "NOT_FOUND", "Sale not found")
+            raise ApiError(404, "NOT_FOUND", "Vente non trouvée")  # facts silent on this text
         return sale
+
+    # -- read-back shapes ------------------------------------------------------------------------
+
+    def session_json(self, session: CashSession, *, detail: bool = False, close_answer: bool = False,
+                     number_of_sales: bool = False) -> dict[str, Any]:
+        from receiver.dev.recyclic_views import session_view
+
+        with self.lock:
+            return session_view(self, session, detail=detail, close_answer=close_answer,
+                                number_of_sales=number_of_sales)
+
+    def sale_json(self, sale: Sale) -> dict[str, Any]:
+        from receiver.dev.recyclic_views import sale_view
+
+        with self.lock:
+            return sale_view(self, sale)
 
     def snapshot(self) -> dict[str, Any]:
         """Everything stored, sales with their items: the ``GET /_stand-in/state`` body."""
         with self.lock:
             return {
                 "profile": self.profile,
-                "sessions": [self.session_json(session) for session in self.sessions.values()],
-                "sales": [sale.to_json(with_items=True) for sale in self.sales.values()],
+                "sessions": [self.session_json(session, detail=True) for session in self.sessions.values()],
+                "sales": [self.sale_json(sale) for sale in self.sales.values()],
+                "paheko_outbox": [{"id": i.id, "cash_session_id": i.cash_session_id, "outbox_status": i.outbox_status,
+                                   "sync_state_core": i.sync_state_core} for i in self.outbox.values()],
+                "redis_keys": len(self.redis.keys()),
             }
+
+
+def _iso_z(moment: datetime | None) -> str | None:
+    """How v2 (pydantic 2) writes an aware UTC datetime: ``2026-11-29T17:04:17Z`` (observed, probe P1)."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
