@@ -30,8 +30,8 @@ from receiver.commands.replay import CapturedRequest, send  # noqa: E402
 from receiver.config import load_config  # noqa: E402
 from receiver.demo import demo_config, module_payload  # noqa: E402
 from receiver.dev.server import LocalServer  # noqa: E402
-from receiver.forward.recyclic import RecyclicSink  # noqa: E402
-from receiver.forward.recyclic_client import RecyclicClient  # noqa: E402
+from receiver.sinks.recyclic.sink import RecyclicSink  # noqa: E402
+from receiver.sinks.recyclic.client import RecyclicClient  # noqa: E402
 from receiver.ledger import State  # noqa: E402
 from receiver.reread.client import PahekoClient  # noqa: E402
 from receiver.services import EXTENSION  # noqa: E402

@@ -141,7 +141,7 @@ def _register_subcommands() -> None:
     from receiver.demo import demo
     from receiver.dev.paheko import paheko_command
     from receiver.dev.recyclic import recyclic_command
-    from receiver.mapping.cli import mapping_group
+    from receiver.sinks.recyclic.mapping.cli import mapping_group
     from receiver.module.cli import module_group
 
     main.add_command(ledger.ledger_group)

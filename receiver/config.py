@@ -15,16 +15,17 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
-from receiver.mapping.config import Mapping, MappingSchema
+from receiver.schemas import Secret, SecretField, check_http_url
+from receiver.sinks.recyclic.mapping.config import Mapping, MappingSchema
+from receiver.sinks.registry import SinkConfig, SinkSchema
 
-if TYPE_CHECKING:
-    from receiver.forward.config import SinkConfig
+__all__ = ["Config", "ConfigError", "PahekoApi", "Secret", "SecretField", "Source", "check_http_url",
+           "load_config", "parse_config"]
 
 CONFIG_ENV = "PAHEKO_RECYCLIC_CONFIG"
 WEBHOOK_CREDENTIAL = re.compile(r"^[A-Za-z0-9]+$")
@@ -39,63 +40,6 @@ class ConfigError(Exception):
         self.problems = problems
         where = f" in {path}" if path else ""
         super().__init__(f"{len(problems)} problem(s){where}:\n" + "\n".join(f"  - {p}" for p in problems))
-
-
-class Secret:
-    """A secret value that refuses to show itself in logs, reprs, tracebacks or error bodies."""
-
-    __slots__ = ("_value", "origin")
-
-    def __init__(self, value: str, origin: str = "inline"):
-        self._value = value
-        self.origin = origin
-
-    def reveal(self) -> str:
-        """The value itself: call this only where it leaves for its destination."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return f"Secret(<{self.origin}>)"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
-class SecretField(fields.Field):
-    """A string, ``{env = "NAME"}`` or ``{file = "/path"}``; deserialises to a :class:`Secret`."""
-
-    default_error_messages = {
-        "invalid": 'must be a string, {env = "NAME"} or {file = "/path"}',
-        "empty": "must not be empty",
-        "env_missing": "environment variable {name} is not set",
-        "file_missing": "cannot read secret file {path}: {reason}",
-    }
-
-    def _deserialize(self, value: Any, attr, data, **kwargs) -> Secret:
-        if isinstance(value, str):
-            secret = Secret(value, "inline")
-        elif isinstance(value, dict) and set(value) == {"env"} and isinstance(value["env"], str):
-            name = value["env"]
-            if name not in os.environ:
-                raise self.make_error("env_missing", name=name)
-            secret = Secret(os.environ[name], f"env {name}")
-        elif isinstance(value, dict) and set(value) == {"file"} and isinstance(value["file"], str):
-            path = Path(value["file"]).expanduser()
-            try:
-                text = path.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise self.make_error("file_missing", path=path, reason=exc.strerror or exc) from None
-            secret = Secret(text, f"file {path}")
-        else:
-            raise self.make_error("invalid")
-        if not secret.reveal():
-            raise self.make_error("empty")
-        return secret
 
 
 class TimeZoneField(fields.String):
@@ -115,15 +59,6 @@ def _check_webhook_credential(value: str | Secret) -> None:
         raise ValidationError(
             "use letters and digits only: Paheko puts webhook credentials unencoded in a URL"
         )
-
-
-def check_http_url(value: str) -> None:
-    """An http(s) base URL without credentials, query or fragment (those belong elsewhere)."""
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValidationError("must be an http(s) URL")
-    if parts.username or parts.password or parts.query or parts.fragment:
-        raise ValidationError("must not carry credentials, a query or a fragment")
 
 
 @dataclass(frozen=True)
@@ -153,7 +88,7 @@ class Source:
     webhook: tuple[WebhookCredential, ...]
     paheko: PahekoApi
     mapping: Mapping = field(default_factory=Mapping)
-    sink: SinkConfig | None = None  # None: a JSON-lines file beside the ledger (receiver.forward.build_sink)
+    sink: SinkConfig | None = None  # None: a JSON-lines file beside the ledger (receiver.sinks.registry)
 
 
 @dataclass(frozen=True)
@@ -225,18 +160,12 @@ class PahekoApiSchema(_Strict):
         return PahekoApi(**data)
 
 
-def _sink_schema() -> Schema:
-    from receiver.forward.config import SinkSchema  # imported late: it builds on SecretField, defined here
-
-    return SinkSchema()
-
-
 class SourceSchema(_Strict):
     timezone = TimeZoneField(load_default=lambda: ZoneInfo("Europe/Paris"))
     webhook = fields.Nested(WebhookSchema, required=True)
     paheko = fields.Nested(PahekoApiSchema, required=True)
     mapping = fields.Nested(MappingSchema, load_default=Mapping)
-    sink = fields.Nested(_sink_schema, load_default=None)
+    sink = fields.Nested(SinkSchema, load_default=None)
 
 
 class ReceiverSettingsSchema(_Strict):

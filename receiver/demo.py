@@ -28,7 +28,7 @@ from receiver.dev.paheko import create_paheko_app
 from receiver.dev.recyclic import CATEGORIES, DEFAULT_USERS, MACHINE_USER, MAIN_SITE, REPLAY_REGISTER, create_recyclic_app
 from receiver.dev.server import LocalServer
 from receiver.ledger import Ledger, State
-from receiver.mapping.mapper import euros
+from receiver.sinks.recyclic.mapping.mapper import euros
 from receiver.services import EXTENSION
 from receiver.worker import Worker
 
@@ -207,7 +207,7 @@ def demo(workdir: Path, timeout: float) -> None:
 
 def _report(entries: dict, ledger: Ledger, recyclic_app, echo) -> None:
     """One line per session: what Paheko holds, what Recyclic now holds, what was left out and why."""
-    from receiver.mapping.model import load_mapped
+    from receiver.sinks.recyclic.mapping.model import load_mapped
 
     store = recyclic_app.store
     echo("\nsession  found by   Paheko: tickets / total       Recyclic: sales / total / weight   left out  state")

@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from receiver.config import Config, Source
-from receiver.forward import DeliveryHeld, DeliveryRetry, Sink, build_sink
 from receiver.ledger import Entry, Ledger, State
 from receiver.ledger.store import utcnow
-from receiver.mapping.mapper import MappingHeld, map_session
-from receiver.mapping.model import dump_mapped, load_mapped
+from receiver.outcomes import MustAct, RetryLater
+from receiver.sinks import Sink
+from receiver.sinks.exactly import ForwardLog
+from receiver.sinks.registry import SinkPool
 from receiver.reread.client import PahekoAuthError, PahekoClient, PahekoError, PahekoSQLError
 from receiver.reread.poller import PollReport, poll_source
 from receiver.services import Metrics
@@ -51,23 +52,9 @@ def retry_delay(attempt: int, rng: random.Random, retry_after: float | None = No
     return max(delay, retry_after or 0.0)
 
 
-class StepFailed(Exception):
-    """A step failed in a way that a later attempt may fix; ``reason`` is French, for the admin."""
-
-    def __init__(self, reason: str, detail: str, retry_after: float | None = None):
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-        self.retry_after = retry_after
-
-
-class StepHeld(Exception):
-    """A step needs a person: ``reason`` (French) says what to do."""
-
-    def __init__(self, reason: str, detail: str | None = None):
-        super().__init__(detail or reason)
-        self.reason = reason
-        self.detail = detail
+#: The pipeline's one vocabulary (:mod:`receiver.outcomes`), under the worker's names.
+StepFailed = RetryLater
+StepHeld = MustAct
 
 
 @dataclass
@@ -81,12 +68,14 @@ class Worker:
     rng: random.Random = field(default_factory=random.Random)
     client_factory: Callable[[Source], PahekoClient] | None = None
     sink_factory: Callable[[Source], Sink] | None = None
+    sinks: SinkPool | None = None  # shared by the worker threads of a process (one Recyclic login)
     metrics: Metrics | None = None
     on_step: Callable[[Entry, str], None] | None = None  # test hook: called after each committed step
 
     def __post_init__(self) -> None:
         self._clients: dict[str, PahekoClient] = {}
         self._sinks: dict[str, Sink] = {}
+        self._own_sinks = False
         self._last_poll: dict[str, float] = {}
 
     # -- resources, one per source -------------------------------------------------------
@@ -98,10 +87,13 @@ class Worker:
         return self._clients[source.name]
 
     def sink(self, source: Source) -> Sink:
+        if self.sink_factory is None and self.sinks is None:
+            self.sinks = SinkPool(self.ledger)
+            self._own_sinks = True
+        if self.sink_factory is None:
+            return self.sinks.get(source)
         if source.name not in self._sinks:
-            factory = self.sink_factory or (
-                lambda s: build_sink(s.sink, source_name=s.name, ledger_url=self.ledger.url))
-            self._sinks[source.name] = factory(source)
+            self._sinks[source.name] = self.sink_factory(source)
         return self._sinks[source.name]
 
     def close(self) -> None:
@@ -109,6 +101,8 @@ class Worker:
             client.close()
         for sink in self._sinks.values():
             sink.close()
+        if self._own_sinks and self.sinks is not None:
+            self.sinks.close()
 
     # -- polling -------------------------------------------------------------------------
 
@@ -203,20 +197,11 @@ class Worker:
         return self.ledger.transition(entry.id, State.SNAPSHOT, snapshot=dump_snapshot(snapshot), last_error=None)
 
     def _map(self, source: Source, entry: Entry) -> Entry:
-        try:
-            mapped = map_session(load_snapshot(entry.snapshot), source.mapping)
-        except MappingHeld as held:
-            raise StepHeld(" ".join(held.reasons))
-        return self.ledger.transition(entry.id, State.MAPPED, mapped=dump_mapped(mapped))
+        mapped = self.sink(source).map(load_snapshot(entry.snapshot), source)  # MustAct: held
+        return self.ledger.transition(entry.id, State.MAPPED, mapped=mapped)
 
     def _forward(self, source: Source, entry: Entry) -> Entry:
-        try:
-            self.sink(source).deliver(entry, load_mapped(entry.mapped), self.ledger)
-        except DeliveryHeld as held:
-            raise StepHeld(held.reason, str(held))
-        except DeliveryRetry as retry:
-            raise StepFailed("Transmission à Recyclic impossible pour l'instant ; nouvel essai programmé.",
-                             str(retry), retry.retry_after)
+        self.sink(source).deliver(entry, ForwardLog(self.ledger, entry))  # RetryLater / MustAct
         return self.ledger.transition(entry.id, State.FORWARDED, last_error=None, next_attempt_at=None)
 
     def _hold(self, entry: Entry, held: StepHeld) -> Entry:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,14 @@ from receiver.config import Secret
 from receiver.dev.recyclic import (
     CATEGORIES, DEFAULT_USERS, MACHINE_USER, MAIN_SITE, REPLAY_REGISTER, ManualClock, create_recyclic_app,
 )
-from receiver.forward.config import RecyclicSinkConfig
+from receiver.sinks.recyclic.config import RecyclicSinkConfig
 from receiver.ledger import Entry, Ledger
-from receiver.mapping.mapper import idempotency_key, sale_note
-from receiver.mapping.model import (
+from receiver.sinks import Delivery
+from receiver.sinks.exactly import ForwardLog
+from receiver.sinks.recyclic.mapping.mapper import idempotency_key, sale_note
+from receiver.sinks.recyclic.mapping.model import (
     MappedClosing, MappedItem, MappedOpening, MappedPayment, MappedSale, MappedSession, Reconciliation, Tally,
+    dump_mapped,
 )
 
 START = datetime(2026, 3, 14, 15, 0, tzinfo=UTC)
@@ -147,6 +151,13 @@ def assert_exactly_once(stand: Stand, mapped: MappedSession, session_id: str) ->
             f"Paheko {mapped.source} session {mapped.session_id} ")]
         assert sorted(notes) == sorted(s.note for s in mapped.sales)
     assert stand.app.contract_violations == []
+
+
+def deliver(sink: Any, entry: Entry, mapped: MappedSession, ledger: Any) -> Delivery:
+    """Deliver ``mapped`` as the worker does: as the entry's stored document, through a forward log on
+    ``ledger`` (which may be a wrapper that crashes at a chosen step)."""
+    document = replace(entry, mapped_json=json.dumps(dump_mapped(mapped)))
+    return sink.deliver(document, ForwardLog(ledger, document))
 
 
 def released(ledger: Ledger, entry: Entry) -> Entry:

@@ -11,9 +11,12 @@ import pytest
 from receiver.config import ConfigError, Secret, parse_config
 from receiver.dev.recyclic import CATEGORIES, MAIN_SITE, REPLAY_REGISTER, Fault
 from receiver.dev.server import LocalServer
-from receiver.forward.config import FileSinkConfig, RecyclicSinkConfig, SinkSchema, WebhookSinkConfig
-from receiver.forward.recyclic_client import (
-    RecyclicAuthError, RecyclicClient, RecyclicRateLimited, RecyclicRefused, RecyclicUnavailable,
+from receiver.sinks.file.config import FileSinkConfig
+from receiver.sinks.recyclic.config import RecyclicSinkConfig
+from receiver.sinks.registry import SinkSchema
+from receiver.sinks.webhook.config import WebhookSinkConfig
+from receiver.sinks.recyclic.client import (
+    LOGIN_BUDGET, LOGIN_LIMIT, RecyclicAuthError, RecyclicClient, RecyclicRateLimited, RecyclicRefused, RecyclicUnavailable,
 )
 from tests.forward_support import Swappable, plug
 
@@ -53,16 +56,16 @@ def test_logins_stay_under_recyclics_limit():
     stand = plug(_TARGET, "legacy", token_lifetime=timedelta(seconds=30))  # expires at once: a login per call
     clock = FakeClock()
     with RecyclicClient(stand.config(), clock=clock) as client:
-        for _ in range(10):
+        for _ in range(LOGIN_BUDGET):
             client.sites()
         with pytest.raises(RecyclicRateLimited) as limited:
             client.sites()
-        assert 0 < limited.value.retry_after <= 60
-        assert stand.log.count("POST", "/auth/login") == 10  # the eleventh was never sent
+        assert 0 < limited.value.retry_after <= 60 and limited.value.sent is False
+        assert stand.log.count("POST", "/auth/login") == LOGIN_BUDGET < LOGIN_LIMIT  # the next was never sent
         clock.now += 61
         stand.clock.advance(seconds=61)
         client.sites()
-    assert stand.log.count("POST", "/auth/login") == 11
+    assert stand.log.count("POST", "/auth/login") == LOGIN_BUDGET + 1
 
 
 def test_a_second_401_after_logging_in_again_is_raised():

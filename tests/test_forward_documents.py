@@ -12,12 +12,14 @@ from standardwebhooks.webhooks import Webhook
 
 from receiver.config import Secret
 from receiver.dev.server import LocalServer
-from receiver.forward import DeliveryHeld, DeliveryRetry, build_sink
-from receiver.forward.config import FileSinkConfig, WebhookSinkConfig
-from receiver.forward.file import FileSink
-from receiver.forward.webhook import WebhookSink
-from receiver.mapping.model import load_mapped
-from tests.forward_support import mapped_session, new_entry, new_ledger
+from receiver.outcomes import MustAct as DeliveryHeld, RetryLater as DeliveryRetry
+from receiver.sinks.registry import build_sink
+from receiver.sinks.file.config import FileSinkConfig
+from receiver.sinks.webhook.config import WebhookSinkConfig
+from receiver.sinks.file.sink import FileSink
+from receiver.sinks.webhook.sink import WebhookSink
+from receiver.sinks.recyclic.mapping.model import load_mapped
+from tests.forward_support import deliver, mapped_session, new_entry, new_ledger
 
 SECRET = "whsec_" + base64.b64encode(b"paheko-recyclic-test-secret-32by").decode()
 
@@ -59,8 +61,8 @@ def test_webhook_delivers_one_signed_document(ledger, consumer):
     mapped = mapped_session()
     entry = new_entry(ledger)
     sink = WebhookSink(WebhookSinkConfig(consumer.url, Secret(SECRET)))
-    delivery = sink.deliver(entry, mapped, ledger)
-    sink.deliver(entry, mapped, ledger)  # already done: nothing sent
+    delivery = deliver(sink, entry, mapped, ledger)
+    deliver(sink, entry, mapped, ledger)  # already done: nothing sent
     assert len(consumer.accepted) == 1
     webhook_id, payload = consumer.accepted[0]
     assert delivery.reference == webhook_id == payload["id"] and webhook_id.startswith("paheko-lab-7-")
@@ -75,12 +77,12 @@ def test_webhook_retries_carry_the_same_id_and_changed_content_a_new_one(ledger,
     sink = WebhookSink(WebhookSinkConfig(consumer.url, Secret(SECRET)))
     consumer.statuses = [(503, {}), (429, {"Retry-After": "7"})]
     with pytest.raises(DeliveryRetry):
-        sink.deliver(entry, mapped, ledger)
+        deliver(sink, entry, mapped, ledger)
     with pytest.raises(DeliveryRetry) as retry:
-        sink.deliver(entry, mapped, ledger)
+        deliver(sink, entry, mapped, ledger)
     assert retry.value.retry_after == 7
-    first = sink.deliver(entry, mapped, ledger)
-    changed = sink.deliver(entry, replace(mapped, sales=mapped.sales[:2]), ledger)
+    first = deliver(sink, entry, mapped, ledger)
+    changed = deliver(sink, entry, replace(mapped, sales=mapped.sales[:2]), ledger)
     assert first.reference != changed.reference
     assert [webhook_id for webhook_id, _ in consumer.accepted] == [first.reference, changed.reference]
 
@@ -89,11 +91,11 @@ def test_webhook_refusal_is_held_and_unreachable_is_retried(ledger, consumer):
     sink = WebhookSink(WebhookSinkConfig(consumer.url, Secret(SECRET)))
     consumer.statuses = [(401, {})]
     with pytest.raises(DeliveryHeld) as held:
-        sink.deliver(new_entry(ledger), mapped_session(), ledger)
+        deliver(sink, new_entry(ledger), mapped_session(), ledger)
     assert "refuse la session (HTTP 401)" in held.value.reason and SECRET not in str(held.value)
     gone = WebhookSink(WebhookSinkConfig("http://127.0.0.1:9/hook", Secret(SECRET), connect_timeout=1))
     with pytest.raises(DeliveryRetry, match="unreachable"):
-        gone.deliver(new_entry(ledger, 8), mapped_session(session_id=8), ledger)
+        deliver(gone, new_entry(ledger, 8), mapped_session(session_id=8), ledger)
 
 
 def test_file_sink_appends_each_session_once_and_fsyncs(ledger, tmp_path):
@@ -101,7 +103,7 @@ def test_file_sink_appends_each_session_once_and_fsyncs(ledger, tmp_path):
     sink = FileSink(path)
     entries = [new_entry(ledger, n) for n in (1, 2)]
     for entry in entries * 2:
-        sink.deliver(entry, mapped_session(session_id=entry.session_id), ledger)
+        deliver(sink, entry, mapped_session(session_id=entry.session_id), ledger)
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [load_mapped(line["data"]).session_id for line in lines] == [1, 2]
     assert lines[0]["data"]["sales"][0]["total_cents"] == 1850
@@ -125,9 +127,9 @@ def test_file_sink_settles_a_crash_after_writing(ledger, tmp_path):
             ledger.record_forward(*args, status=status, **kwargs)
 
     with pytest.raises(Crash):
-        FileSink(path).deliver(entry, mapped, DiesBeforeDone())
+        deliver(FileSink(path), entry, mapped, DiesBeforeDone())
     assert ledger.forwards_of(entry.id)[("document", 7)].status == "sending"
-    FileSink(path).deliver(entry, mapped, ledger)
+    deliver(FileSink(path), entry, mapped, ledger)
     assert len(path.read_text().splitlines()) == 1
     assert ledger.forwards_of(entry.id)[("document", 7)].status == "done"
 
@@ -135,24 +137,27 @@ def test_file_sink_settles_a_crash_after_writing(ledger, tmp_path):
 def test_file_sink_closes_off_a_line_cut_by_a_crash(ledger, tmp_path):
     path = tmp_path / "sessions.jsonl"
     path.write_text('{"id": "cut mid-wri')
-    delivery = FileSink(path).deliver(new_entry(ledger), mapped_session(), ledger)
+    delivery = deliver(FileSink(path), new_entry(ledger), mapped_session(), ledger)
     lines = path.read_text().splitlines()
     assert lines[0] == '{"id": "cut mid-wri' and json.loads(lines[1])["id"] == delivery.reference
 
 
 def test_build_sink_defaults_to_a_file_beside_the_ledger(tmp_path):
-    ledger_url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
-    sink = build_sink(FileSinkConfig(), source_name="lab", ledger_url=ledger_url)
+    class Beside:  # only the ledger's address matters to a file sink
+        url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+
+    sink = build_sink(FileSinkConfig(), source_name="lab", ledger=Beside)
     assert isinstance(sink, FileSink) and sink.path == tmp_path / "forwarded-lab.jsonl"
     relative = build_sink(FileSinkConfig(tmp_path.joinpath("x").relative_to(tmp_path)), source_name="lab",
-                          ledger_url=ledger_url)
+                          ledger=Beside)
     assert relative.path == tmp_path / "x"
+    Beside.url = "postgresql://db/ledger"
     with pytest.raises(ValueError, match="absolute path"):
-        build_sink(FileSinkConfig(), source_name="lab", ledger_url="postgresql://db/ledger")
+        build_sink(FileSinkConfig(), source_name="lab", ledger=Beside)
 
 
 def test_file_sink_write_failures_are_retried(ledger, tmp_path):
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
     with pytest.raises(DeliveryRetry, match="cannot append"):
-        FileSink(blocker / "sessions.jsonl").deliver(new_entry(ledger), mapped_session(), ledger)
+        deliver(FileSink(blocker / "sessions.jsonl"), new_entry(ledger), mapped_session(), ledger)

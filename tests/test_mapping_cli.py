@@ -12,8 +12,8 @@ from receiver.cli import main
 from receiver.config import ConfigError, parse_config
 from receiver.dev.paheko import create_paheko_app
 from receiver.dev.server import LocalServer
-from receiver.mapping.config import Mapping, MappingSchema, Policies
-from receiver.mapping.suggest import RecyclicNames, render_suggestion, unmapped
+from receiver.sinks.recyclic.mapping.config import Mapping, MappingSchema, Policies
+from receiver.sinks.recyclic.mapping.suggest import RecyclicNames, render_suggestion, unmapped
 from tests.conftest import config_text
 from tests.paheko_db import CASH, DEBT, PahekoDB
 
@@ -143,7 +143,7 @@ def test_suggest_matches_recyclic_names(tmp_path):
         db.category("Bibelots", "7072")
     with LocalServer(create_paheko_app(path)) as server:
         from receiver.config import PahekoApi, Secret
-        from receiver.mapping.suggest import read_paheko_names
+        from receiver.sinks.recyclic.mapping.suggest import read_paheko_names
         from receiver.reread.client import PahekoClient
 
         with PahekoClient("lab", PahekoApi(server.url, "demo", Secret("demo"))) as client:

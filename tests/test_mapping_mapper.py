@@ -11,9 +11,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from receiver.mapping.config import MappingSchema
-from receiver.mapping.mapper import MappingHeld, idempotency_key, map_session, parse_sale_note, sale_note
-from receiver.mapping.model import dump_mapped, load_mapped
+from receiver.sinks.recyclic.mapping.config import MappingSchema
+from receiver.sinks.recyclic.mapping.mapper import MappingHeld, idempotency_key, map_session, parse_sale_note, sale_note
+from receiver.sinks.recyclic.mapping.model import dump_mapped, load_mapped
 from receiver.reread.snapshot import read_session
 from tests.paheko_db import CASH, PRICING_PER_KG, TRACKED, PahekoDB, reference_data, served
 
@@ -125,7 +125,7 @@ def test_fixture_session_1_with_refunds_skipped(fixture_sessions):
 
 
 def _euros(cents):
-    from receiver.mapping.mapper import euros
+    from receiver.sinks.recyclic.mapping.mapper import euros
     return euros(cents)
 
 

@@ -9,9 +9,9 @@ from datetime import datetime, timedelta, timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from receiver.mapping.config import POLICIES, MappingSchema, Policies
-from receiver.mapping.mapper import MappingHeld, map_session
-from receiver.mapping.model import dump_mapped, load_mapped
+from receiver.sinks.recyclic.mapping.config import POLICIES, MappingSchema, Policies
+from receiver.sinks.recyclic.mapping.mapper import MappingHeld, map_session
+from receiver.sinks.recyclic.mapping.model import dump_mapped, load_mapped
 from receiver.reread.snapshot import (
     METHOD_CASH,
     METHOD_DEBT,

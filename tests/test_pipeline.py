@@ -26,8 +26,8 @@ from receiver.dev.paheko import create_paheko_app
 from receiver.dev.recyclic import CATEGORIES, Fault, create_recyclic_app
 from receiver.dev.server import LocalServer
 from receiver.ledger import State
-from receiver.mapping.mapper import parse_sale_note
-from receiver.mapping.model import load_mapped
+from receiver.sinks.recyclic.mapping.mapper import parse_sale_note
+from receiver.sinks.recyclic.mapping.model import load_mapped
 from receiver.services import EXTENSION
 from receiver.worker import Worker
 from tests.conftest import FIXTURES

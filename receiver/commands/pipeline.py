@@ -23,11 +23,11 @@ def _sources(name: str | None):
     return [sources[name]]
 
 
-def _worker():
+def _worker(sinks=None):
     from receiver.worker import Worker
 
     svc = current_app_services()
-    return Worker(svc.config, svc.ledger, metrics=svc.metrics)
+    return Worker(svc.config, svc.ledger, metrics=svc.metrics, sinks=sinks)
 
 
 @click.command()
@@ -81,7 +81,10 @@ def worker(once: bool, threads: int) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    workers = [_worker() for _ in range(max(1, threads))]
+    from receiver.sinks.registry import SinkPool
+
+    sinks = SinkPool(current_app_services().ledger)  # one per process: threads share each sink and its login
+    workers = [_worker(sinks) for _ in range(max(1, threads))]
     runners = [threading.Thread(target=w.run_forever, args=(stop,), name=f"worker-{i}") for i, w in enumerate(workers)]
     click.echo(f"Worker running with {len(workers)} thread(s); Ctrl-C or SIGTERM stops it.")
     for runner in runners:
@@ -90,6 +93,7 @@ def worker(once: bool, threads: int) -> None:
         runner.join()
     for w in workers:
         w.close()
+    sinks.close()
     click.echo("Worker stopped.")
 
 

@@ -454,6 +454,61 @@ class Ledger:
                 conn.execute(t.forwards.insert(), dict(entry_id=entry_id, kind=kind, paheko_id=paheko_id,
                                                        **{k: v for k, v in row.items() if not k.startswith("k_")}))
 
+    def drop_forward(self, entry_id: int, kind: str, paheko_id: int) -> None:
+        """Forget a ``sending`` record whose request provably never left (refused connection, failed login)."""
+        with self._write() as conn:
+            conn.execute(t.forwards.delete().where(
+                t.forwards.c.entry_id == entry_id, t.forwards.c.kind == kind, t.forwards.c.paheko_id == paheko_id,
+                t.forwards.c.status == "sending"))
+
+    def forward_owner(self, kind: str, sink_id: str) -> Entry | None:
+        """The entry whose forward log records ``sink_id`` (e.g. which Paheko session a Recyclic session is)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(t.entries).join(t.forwards, t.forwards.c.entry_id == t.entries.c.id)
+                .where(t.forwards.c.kind == kind, t.forwards.c.sink_id == sink_id).limit(1)
+            ).first()
+        return Entry.from_row(row) if row else None
+
+    # -- delivery notes (what a sink did that an admin should know) -------------------------
+
+    def add_note(self, entry_id: int, text: str) -> None:
+        with self._write() as conn:
+            conn.execute(t.notes.insert(), dict(entry_id=entry_id, at=utcnow(), text=text))
+
+    def notes_of(self, entry_id: int) -> list[dict]:
+        """``{"at", "text"}`` of every note of an entry, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.notes.c.at, t.notes.c.text).where(t.notes.c.entry_id == entry_id).order_by(t.notes.c.id)
+            ).all()
+        return [dict(row._mapping) for row in rows]
+
+    def notes_for(self, source: str, session_ids: Iterable[int]) -> dict[int, list[str]]:
+        """Note texts per Paheko session id of ``source`` (sessions without notes are absent)."""
+        ids = sorted(set(session_ids))
+        if not ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.entries.c.session_id, t.notes.c.text).join(t.entries, t.entries.c.id == t.notes.c.entry_id)
+                .where(t.entries.c.source == source, t.entries.c.session_id.in_(ids)).order_by(t.notes.c.id)
+            ).all()
+        out: dict[int, list[str]] = {}
+        for session_id, text_ in rows:
+            out.setdefault(session_id, []).append(text_)
+        return out
+
+    def recent_notes(self, source: str, limit: int = 20) -> list[tuple[int, datetime, str]]:
+        """The latest notes of a source: (Paheko session id, when, text), newest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.entries.c.session_id, t.notes.c.at, t.notes.c.text)
+                .join(t.entries, t.entries.c.id == t.notes.c.entry_id)
+                .where(t.entries.c.source == source).order_by(t.notes.c.id.desc()).limit(limit)
+            ).all()
+        return [tuple(row) for row in rows]
+
     _UPDATE_FORWARD = t.forwards.update().where(
         t.forwards.c.entry_id == bindparam("k_entry"), t.forwards.c.kind == bindparam("k_kind"),
         t.forwards.c.paheko_id == bindparam("k_paheko"),

@@ -125,6 +125,18 @@ forwards = Table(
 )
 
 
+#: Remarks a sink made while delivering (French, for the admin): an orphan session closed in the destination,
+#: a ticket found already there, … Shown by ``ledger show``, ``status`` and the module's status route.
+notes = Table(
+    "notes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("entry_id", Integer, ForeignKey("entries.id"), nullable=False, index=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("text", Text, nullable=False),
+)
+
+
 def _v1(conn: Connection) -> None:
     # create_all builds tables as they are today; later migrations skip what already exists.
     metadata.create_all(conn, tables=[meta, entries, notifications, state_changes])
@@ -137,8 +149,13 @@ def _v2(conn: Connection) -> None:
     metadata.create_all(conn, tables=[forwards])
 
 
+def _v3(conn: Connection) -> None:
+    """Delivery notes (nothing a sink did in the destination stays unseen)."""
+    metadata.create_all(conn, tables=[notes])
+
+
 #: Forward migrations, in order. Never edit a released one: append a new function.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -13,16 +13,13 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from receiver import __version__
 from receiver.config import PahekoApi
-
-USER_AGENT = f"paheko-recyclic/{__version__}"
+from receiver.outbound import USER_AGENT, retry_after_seconds
 
 
 @dataclass(frozen=True)
@@ -211,7 +208,7 @@ class PahekoClient:
                 f"Paheko answered HTTP {status}; it is overloaded or failing, the read will be retried later",
                 request,
                 status=status,
-            ), _retry_after(response)
+            ), retry_after_seconds(response)
         error = _error_text(response)
         if status in (401, 403):
             raise PahekoAuthError(
@@ -264,20 +261,6 @@ class PahekoClient:
                 status=200,
             )
         return SqlResult(request=request, count=count if isinstance(count, int) else 0, rows=rows, size=len(body))
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 def _error_text(response: httpx.Response) -> str | None:

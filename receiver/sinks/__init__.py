@@ -1,31 +1,44 @@
-"""Forwarding (last step of the flow: … → map → **forward**): deliver a mapped session to its sink, once.
+"""Sinks (last steps of the flow: … → **map** → **forward**): where a source's sessions go, one package each.
 
-A sink writes to the ledger's forward log before anything leaves (``sending``) and right after the answer
-(``done`` + the sink's id), so that a worker killed at any instant resumes without sending anything twice.
-Outcomes other than success are exceptions: :class:`DeliveryRetry` (try again later, the worker
-reschedules) and :class:`DeliveryHeld` (a person must act; the reason is French, for the Paheko admin).
+A sink is the unit of extension. Each destination is one package under ``receiver/sinks/`` that exports
+
+- ``KIND`` — the ``type`` of its ``[sources.NAME.sink]`` table;
+- ``ConfigSchema`` — a marshmallow schema loading the rest of that table;
+- ``build(config, *, source_name, ledger) -> Sink``;
+
+and one line in :data:`receiver.sinks.registry.PACKAGES`. A :class:`Sink` maps a re-read Paheko session
+into its own document (stored in the ledger) and delivers that document. What makes delivery exactly-once —
+the forward log written before and after each request, looking in the destination before creating anything,
+settling outcomes left unknown — is written once, in :mod:`receiver.sinks.exactly`, and handed to every sink.
+
+Outcomes use the pipeline's one vocabulary (:mod:`receiver.outcomes`): :class:`Delivery` (done),
+:class:`~receiver.outcomes.RetryLater` / :class:`~receiver.outcomes.NotSent`,
+:class:`~receiver.outcomes.MustAct`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from receiver.outcomes import MustAct, NotSent, RetryLater
 
 if TYPE_CHECKING:
-    from receiver.forward.config import SinkConfig
-    from receiver.ledger import Entry, Ledger
-    from receiver.mapping.model import MappedSession
+    from receiver.config import Source
+    from receiver.ledger import Entry
+    from receiver.reread.snapshot import SessionSnapshot
+    from receiver.sinks.exactly import ForwardLog
 
-__all__ = ["Delivery", "DeliveryHeld", "DeliveryRetry", "Sink", "build_sink"]
+__all__ = ["Delivery", "MustAct", "NotSent", "RetryLater", "Sink"]
 
 
 @dataclass(frozen=True)
 class Delivery:
     """What a sink did for one session. ``reference`` is the sink's id for the session (Recyclic session
     uuid, webhook-id, file line id; ``None`` when nothing had to be sent); ``sales`` maps each Paheko tab id
-    to its Recyclic sale id; ``notes`` are French remarks worth showing to an admin."""
+    to the destination's id; ``notes`` are French remarks worth showing to an admin (also kept in the
+    ledger, see :meth:`receiver.ledger.Ledger.notes_of`)."""
 
     sink: str
     reference: str | None
@@ -34,56 +47,16 @@ class Delivery:
     notes: tuple[str, ...] = ()
 
 
-class DeliveryRetry(Exception):
-    """Transient failure (sink down, 5xx, 429, lost answer): deliver again later, after at least
-    ``retry_after`` seconds when given. What may have been applied is settled on the next attempt."""
-
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class DeliveryHeld(Exception):
-    """Only a person can unblock this session: ``reason`` (French) says what to do; ``detail`` is technical."""
-
-    def __init__(self, reason: str, detail: str | None = None):
-        super().__init__(detail or reason)
-        self.reason = reason
-        self.detail = detail
-
-
 class Sink(Protocol):
     kind: str
 
-    def deliver(self, entry: Entry, mapped: MappedSession, ledger: Ledger) -> Delivery:
-        """Deliver ``mapped`` (of ledger ``entry``) exactly once; raise DeliveryRetry or DeliveryHeld."""
+    def map(self, snapshot: SessionSnapshot, source: Source) -> dict[str, Any]:
+        """The session as this sink will deliver it, JSON-ready (stored in the ledger); raise MustAct when
+        the configuration cannot represent it."""
+
+    def deliver(self, entry: Entry, log: ForwardLog) -> Delivery:
+        """Deliver ``entry.mapped`` exactly once, recording every step through ``log``; raise RetryLater or
+        MustAct."""
 
     def close(self) -> None:
         """Release connections."""
-
-
-def build_sink(config: SinkConfig | None, *, source_name: str, ledger_url: str) -> Sink:
-    """The sink for one source (``None``: the default file sink). ``ledger_url`` places a file sink's
-    default or relative path beside a SQLite ledger."""
-    from receiver.forward.config import FileSinkConfig, RecyclicSinkConfig, WebhookSinkConfig
-    from receiver.forward.file import FileSink
-    from receiver.forward.recyclic import RecyclicSink
-    from receiver.forward.webhook import WebhookSink
-
-    if isinstance(config, RecyclicSinkConfig):
-        return RecyclicSink(config)
-    if isinstance(config, WebhookSinkConfig):
-        return WebhookSink(config)
-    if config is None or isinstance(config, FileSinkConfig):
-        return FileSink(_file_path(config and config.path, source_name, ledger_url))
-    raise TypeError(f"not a sink configuration: {config!r}")
-
-
-def _file_path(path: Path | None, source_name: str, ledger_url: str) -> Path:
-    if path is not None and path.is_absolute():
-        return path
-    prefix = "sqlite:///"
-    if not ledger_url.startswith(prefix) or ledger_url == prefix + ":memory:":
-        raise ValueError(f"the file sink of source {source_name!r} needs an absolute path: "
-                         "the ledger is not a SQLite file to put it beside")
-    return Path(ledger_url[len(prefix):]).parent / (path or f"forwarded-{source_name}.jsonl")

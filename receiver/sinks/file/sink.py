@@ -1,8 +1,9 @@
 """The file sink: one JSON line per mapped session, appended and fsync'd (audits, local work).
 
-The ledger's forward log makes it idempotent: ``sending`` is recorded before the line is written and
-``done`` after the fsync. A ``sending`` record found later is settled by looking for the document's id in
-the file. A line cut by a crash is closed off with a newline before the next one, so readers can skip it.
+Exactly once through :class:`~receiver.sinks.exactly.ForwardLog`: before a line is written, the file is
+searched for the document's id (a restored or deleted ledger, or a ``sending`` record whose write was cut,
+never writes the line twice). A line cut by a crash is closed off with a newline before the next one, so
+readers can skip it.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import os
 import threading
 from pathlib import Path
 
-from receiver.forward import Delivery, DeliveryRetry
-from receiver.forward.document import session_document
-from receiver.ledger import Entry, Ledger
-from receiver.mapping.model import MappedSession
+from receiver.ledger import Entry
+from receiver.outcomes import RetryLater
+from receiver.sinks import Delivery
+from receiver.sinks.document import DocumentSink, session_document
+from receiver.sinks.exactly import ForwardLog
 
 
-class FileSink:
+class FileSink(DocumentSink):
     kind = "file"
 
     def __init__(self, path: Path):
@@ -29,21 +31,18 @@ class FileSink:
     def close(self) -> None:
         """Nothing stays open between deliveries."""
 
-    def deliver(self, entry: Entry, mapped: MappedSession, ledger: Ledger) -> Delivery:
-        document = session_document(entry, mapped)
-        record = ledger.forwards_of(entry.id).get(("document", mapped.session_id))
-        same = record is not None and record.idempotency_key == document.id
-        if same and record.status == "done":
-            return Delivery(self.kind, document.id)
-        if not (same and self._contains(document.id)):  # a "sending" record: was the line written?
-            ledger.record_forward(entry.id, "document", mapped.session_id, status="sending",
-                                  idempotency_key=document.id, detail=str(self.path))
+    def deliver(self, entry: Entry, log: ForwardLog) -> Delivery:
+        document = session_document(entry)
+        def write() -> str:
             try:
                 self._append(document.body)
             except OSError as exc:  # disk full, permissions, missing mount: retried, then dead after ~3 days
-                raise DeliveryRetry(f"cannot append to {self.path}: {exc}") from None
-        ledger.record_forward(entry.id, "document", mapped.session_id, status="done", sink_id=document.id,
-                              idempotency_key=document.id, detail=str(self.path))
+                raise RetryLater(f"Écriture impossible dans le fichier {self.path} ; nouvel essai programmé.",
+                                 f"cannot append to {self.path}: {exc}") from None
+            return document.id
+
+        log.once("document", document.session_id, key=document.id, create=write,
+                 find=lambda: document.id if self._contains(document.id) else None)
         return Delivery(self.kind, document.id)
 
     def _append(self, line: str) -> None:

@@ -2,30 +2,39 @@
 
 Recyclic has no API keys: the client logs in (``POST /auth/login``), caches the bearer token, refreshes it
 under v2 (the refresh token rotates) and logs in again once when a request gets 401. Logins are limited to
-10 per minute per client IP, successes included, answered by a 429 without ``Retry-After``: the client keeps
-its own count and never exceeds it. A 429 with ``Retry-After`` is waited for in place when short, otherwise
+10 per minute per client IP, successes included, answered by a 429 without ``Retry-After``: one client is
+shared by every thread of a process (one login, re-used until it expires), and logins are paced at
+:data:`LOGIN_BUDGET` per minute, counted in a :class:`LoginLog` that the sink keeps in the ledger so that
+restarts count too. A 429 with ``Retry-After`` is waited for in place when short, otherwise
 raised. Nothing else is retried here: after a 5xx or a broken connection the outcome of a POST is unknown,
-and only the caller (the sink, with its ledger) can settle it. Every request carries its own
+and only the caller (the sink, with its ledger) can settle it — except when the request provably never left
+(refused connection, DNS, TLS, a failed login before it): such errors carry ``sent = False``. Every request carries its own
 ``X-Request-Id`` (Recyclic echoes it as ``correlation_id``) and never an ``X-Recyclique-Context-*`` header.
 """
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 from marshmallow import EXCLUDE, Schema, fields, post_load
 
-from receiver import __version__
-from receiver.forward.config import RecyclicSinkConfig
+from receiver.outbound import USER_AGENT, never_sent, retry_after_seconds
+from receiver.sinks.recyclic.config import RecyclicSinkConfig
 
-USER_AGENT = f"paheko-recyclic/{__version__}"
+if TYPE_CHECKING:
+    from receiver.ledger import Ledger
+
+#: Recyclic refuses the 11th login within a minute from one IP (successes included)…
 LOGIN_LIMIT = 10
+#: … so this process allows itself fewer, leaving room for people and other programs behind the same IP.
+LOGIN_BUDGET = 5
 LOGIN_WINDOW = 60.0
 #: Refresh a token this many seconds before Recyclic says it expires.
 TOKEN_MARGIN = 60.0
@@ -53,13 +62,14 @@ class RecyclicError(Exception):
     transient = False
 
     def __init__(self, message: str, request: RecyclicRequest, *, status: int | None = None,
-                 code: str | None = None, detail: Any = None):
+                 code: str | None = None, detail: Any = None, sent: bool = True):
         super().__init__(message)
         self.message = message
         self.request = request
         self.status = status
         self.code = code
         self.detail = detail
+        self.sent = sent  # False: the request never left (nothing to settle)
 
     def __str__(self) -> str:
         return f"{self.message} [{self.request}]"
@@ -154,6 +164,44 @@ class _PaymentMethodSchema(_Reference):
     label = fields.String(load_default="")
 
 
+class LoginLog(Protocol):
+    """When this client's logins happened (wall-clock seconds), kept where restarts find them."""
+
+    def load(self) -> list[float]: ...
+
+    def save(self, times: list[float]) -> None: ...
+
+
+class MemoryLoginLog:
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def load(self) -> list[float]:
+        return list(self.times)
+
+    def save(self, times: list[float]) -> None:
+        self.times = list(times)
+
+
+class LedgerLoginLog:
+    """Login times in the ledger's named values, per Recyclic user and host (the limit is per IP, but one
+    receiver host is one IP). Processes sharing a ledger share the count; two logging in at the very same
+    instant may both pass, which :data:`LOGIN_BUDGET`'s margin under Recyclic's limit absorbs."""
+
+    def __init__(self, ledger: Ledger, key: str):
+        self.ledger = ledger
+        self.key = key
+
+    def load(self) -> list[float]:
+        try:
+            return [float(t) for t in json.loads(self.ledger.get_value(self.key) or "[]")]
+        except (ValueError, TypeError):
+            return []
+
+    def save(self, times: list[float]) -> None:
+        self.ledger.set_value(self.key, json.dumps(times))
+
+
 class _TokenSchema(Schema):
     class Meta:
         unknown = EXCLUDE
@@ -165,18 +213,21 @@ class _TokenSchema(Schema):
 
 class RecyclicClient:
     """One sink's connection to Recyclic: ``with RecyclicClient(config) as client: client.sites()``.
+    Thread-safe: threads share its token (one logs in, the others wait for it and re-use it).
 
-    ``sleep`` and ``clock`` (monotonic seconds) are injectable so tests never wait; ``transport`` lets
-    tests plug an httpx transport.
+    ``sleep`` and ``clock`` (wall-clock seconds: login times outlive the process) are injectable so tests
+    never wait; ``transport`` lets tests plug an httpx transport; ``logins`` keeps the login times.
     """
 
     def __init__(self, config: RecyclicSinkConfig, *, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic, transport: httpx.BaseTransport | None = None,
-                 max_rate_limit_retries: int = 3):
+                 clock: Callable[[], float] = time.time, transport: httpx.BaseTransport | None = None,
+                 max_rate_limit_retries: int = 3, logins: LoginLog | None = None):
         self.config = config
         self._sleep = sleep
         self._clock = clock
         self._max_rate_limit_retries = max_rate_limit_retries
+        self._logins = logins or MemoryLoginLog()
+        self._token_lock = threading.Lock()
         self._http = httpx.Client(
             base_url=config.url + "/",
             headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
@@ -187,7 +238,6 @@ class RecyclicClient:
         self._access: str | None = None
         self._refresh: str | None = None
         self._expires_at: float | None = None
-        self._logins: deque[float] = deque()
 
     def close(self) -> None:
         self._http.close()
@@ -220,13 +270,14 @@ class RecyclicClient:
 
     # -- requests ---------------------------------------------------------------------------------
 
-    def get(self, path: str) -> Any:
-        return self.request("GET", path)
+    def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        return self.request("GET", path, params=params)
 
     def post(self, path: str, body: dict[str, Any], *, headers: dict[str, str] | None = None) -> Any:
         return self.request("POST", path, json=body, headers=headers)
 
-    def request(self, method: str, path: str, *, json: Any = None, headers: dict[str, str] | None = None) -> Any:
+    def request(self, method: str, path: str, *, json: Any = None, headers: dict[str, str] | None = None,
+                params: dict[str, Any] | None = None) -> Any:
         """An authenticated request (``path`` relative to the base URL); the decoded JSON answer.
 
         Raises :class:`RecyclicError` subclasses. 401 → log in again, once; a short ``Retry-After`` is
@@ -235,14 +286,15 @@ class RecyclicClient:
         relogged = False
         rate_limited = 0
         while True:
-            token = self._token()
+            token = self.token()
             try:
-                return self._exchange(method, path, json, {**(headers or {}), "Authorization": f"Bearer {token}"})
+                return self._exchange(method, path, json, {**(headers or {}), "Authorization": f"Bearer {token}"},
+                                      params)
             except RecyclicAuthError as exc:
                 if exc.status != 401 or relogged:
                     raise
                 relogged = True
-                self._access = None  # refresh (v2) or log in again, once
+                self._forget(token)  # refresh (v2) or log in again, once
             except RecyclicRateLimited as exc:
                 rate_limited += 1
                 wait = exc.retry_after
@@ -251,13 +303,18 @@ class RecyclicClient:
                     raise
                 self._sleep(wait)
 
-    def _exchange(self, method: str, path: str, json: Any, headers: dict[str, str]) -> Any:
+    def _exchange(self, method: str, path: str, json: Any, headers: dict[str, str],
+                  params: dict[str, Any] | None = None) -> Any:
         request = RecyclicRequest(method, self.config.url + "/" + path, uuid.uuid4().hex)
         try:
-            response = self._http.request(method, path, json=json, headers={**headers, "X-Request-Id": request.request_id})
-        except httpx.TimeoutException as exc:
-            raise RecyclicUnavailable(f"Recyclic did not answer in time ({type(exc).__name__})", request) from None
-        except httpx.TransportError as exc:
+            response = self._http.request(method, path, json=json, params=params,
+                                          headers={**headers, "X-Request-Id": request.request_id})
+        except httpx.HTTPError as exc:
+            if never_sent(exc):
+                raise RecyclicUnavailable(f"cannot reach Recyclic ({type(exc).__name__}: {exc}): nothing was sent",
+                                          request, sent=False) from None
+            if isinstance(exc, httpx.TimeoutException):
+                raise RecyclicUnavailable(f"Recyclic did not answer in time ({type(exc).__name__})", request) from None
             raise RecyclicUnavailable(f"cannot reach Recyclic ({type(exc).__name__}: {exc})", request) from None
         if response.is_success:
             try:
@@ -269,26 +326,41 @@ class RecyclicClient:
 
     # -- tokens -----------------------------------------------------------------------------------
 
-    def _token(self) -> str:
-        if self._access is not None and (self._expires_at is None or self._clock() < self._expires_at):
-            return self._access
-        if self._refresh is not None:
+    def token(self) -> str:
+        """A valid access token: the cached one, else refreshed (v2), else a new login within the budget.
+
+        Any failure here happened before the caller's request left: it is raised with ``sent = False``.
+        """
+        with self._token_lock:
+            if self._access is not None and (self._expires_at is None or self._clock() < self._expires_at):
+                return self._access
             try:
-                return self._authenticate("auth/refresh", {"refresh_token": self._refresh})
-            except RecyclicAuthError:  # revoked or expired refresh token: log in
-                self._refresh = None
-        return self._login()
+                if self._refresh is not None:
+                    try:
+                        return self._authenticate("auth/refresh", {"refresh_token": self._refresh})
+                    except RecyclicAuthError:  # revoked or expired refresh token: log in
+                        self._refresh = None
+                return self._login()
+            except RecyclicError as exc:
+                exc.sent = False
+                raise
+
+    def _forget(self, token: str) -> None:
+        """Drop a token Recyclic refused (unless another thread already replaced it)."""
+        with self._token_lock:
+            if self._access == token:
+                self._access = None
 
     def _login(self) -> str:
         now = self._clock()
-        while self._logins and self._logins[0] <= now - LOGIN_WINDOW:
-            self._logins.popleft()
-        if len(self._logins) >= LOGIN_LIMIT:
-            wait = self._logins[0] + LOGIN_WINDOW - now
+        recent = [t for t in self._logins.load() if now - LOGIN_WINDOW < t <= now]
+        if len(recent) >= LOGIN_BUDGET:
+            wait = min(recent) + LOGIN_WINDOW - now
             raise RecyclicRateLimited(
-                f"{LOGIN_LIMIT} logins in the last minute already: not logging in again for {wait:.0f} s",
-                RecyclicRequest("POST", self.config.url + "/auth/login", "-"), retry_after=wait)
-        self._logins.append(now)
+                f"{len(recent)} logins to Recyclic in the last minute already (this receiver allows itself "
+                f"{LOGIN_BUDGET}, Recyclic {LOGIN_LIMIT} per IP): not logging in again for {wait:.0f} s",
+                RecyclicRequest("POST", self.config.url + "/auth/login", "-"), retry_after=wait, sent=False)
+        self._logins.save([*recent, now])
         return self._authenticate("auth/login", {"username": self.config.username,
                                                  "password": self.config.password.reveal()})
 
@@ -300,17 +372,6 @@ class RecyclicClient:
         lifetime = tokens["expires_in"]
         self._expires_at = None if lifetime is None else self._clock() + max(lifetime - TOKEN_MARGIN, 0.0)
         return self._access
-
-
-def retry_after_seconds(response: httpx.Response) -> float | None:
-    """``Retry-After`` in seconds, or None when absent or not a number."""
-    value = response.headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        return None  # an HTTP date: Recyclic sends seconds; treat anything else as unknown
 
 
 def _error(response: httpx.Response, request: RecyclicRequest) -> RecyclicError:

@@ -1,21 +1,12 @@
-"""A source's ``[sources.NAME.sink]`` table: where its mapped sessions go.
-
-``type = "recyclic"`` (Recyclic's cashier API), ``"webhook"`` (one signed JSON document per session,
-Standard Webhooks) or ``"file"`` (JSON lines, for audits and local work). Without a table a source gets a
-``file`` sink named ``forwarded-<source>.jsonl`` next to the ledger, so nothing needs setting up to try it.
-"""
+"""``[sources.NAME.sink]`` with ``type = "recyclic"``: Recyclic's cashier API, as a dedicated machine user."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, post_load, validate
-from standardwebhooks.webhooks import Webhook
+from marshmallow import ValidationError, fields, post_load, validate
 
-from receiver.config import Secret, SecretField, check_http_url
-
-SINK_TYPES = ("recyclic", "webhook", "file")
+from receiver.schemas import Secret, SecretField, StrictSchema, check_http_url, timeout
 
 
 @dataclass(frozen=True)
@@ -33,99 +24,21 @@ class RecyclicSinkConfig:
     max_retry_wait: float = 30.0
 
 
-@dataclass(frozen=True)
-class WebhookSinkConfig:
-    """An HTTP endpoint receiving each session signed with ``secret`` (``whsec_`` + base64)."""
-
-    url: str
-    secret: Secret
-    connect_timeout: float = 5.0
-    read_timeout: float = 30.0
-
-
-@dataclass(frozen=True)
-class FileSinkConfig:
-    """A JSON-lines file; ``None`` = ``forwarded-<source>.jsonl`` beside the SQLite ledger. A relative path is
-    taken from the ledger's directory."""
-
-    path: Path | None = None
-
-
-SinkConfig = RecyclicSinkConfig | WebhookSinkConfig | FileSinkConfig
-
-
 def _check_pin(value: Secret) -> None:
     text = value.reveal()
     if len(text) != 4 or not text.isdigit():
         raise ValidationError("a Recyclic PIN is 4 digits")
 
 
-def _check_webhook_secret(value: Secret) -> None:
-    text = value.reveal()
-    try:
-        ok = text.startswith("whsec_") and Webhook(text) is not None
-    except Exception:  # the package raises several unrelated types for malformed base64
-        ok = False
-    if not ok:
-        raise ValidationError('must be a Standard Webhooks secret: "whsec_" followed by base64')
-
-
-def _timeout(default: float) -> fields.Float:
-    return fields.Float(load_default=default, validate=validate.Range(min=0.1, max=600))
-
-
-class _Strict(Schema):
-    class Meta:
-        unknown = RAISE
-
-
-class RecyclicSinkSchema(_Strict):
+class RecyclicSinkSchema(StrictSchema):
     url = fields.String(required=True, validate=check_http_url)
     username = fields.String(required=True, validate=validate.Length(min=1))
     password = SecretField(required=True)
     pin = SecretField(load_default=None, validate=_check_pin)
-    connect_timeout = _timeout(5.0)
-    read_timeout = _timeout(30.0)
+    connect_timeout = timeout(5.0)
+    read_timeout = timeout(30.0)
     max_retry_wait = fields.Float(load_default=30.0, validate=validate.Range(min=0, max=600))
 
     @post_load
     def make(self, data, **kwargs) -> RecyclicSinkConfig:
         return RecyclicSinkConfig(**{**data, "url": data["url"].rstrip("/")})
-
-
-class WebhookSinkSchema(_Strict):
-    url = fields.String(required=True, validate=check_http_url)
-    secret = SecretField(required=True, validate=_check_webhook_secret)
-    connect_timeout = _timeout(5.0)
-    read_timeout = _timeout(30.0)
-
-    @post_load
-    def make(self, data, **kwargs) -> WebhookSinkConfig:
-        return WebhookSinkConfig(**data)
-
-
-class FileSinkSchema(_Strict):
-    path = fields.String(load_default=None, validate=validate.Length(min=1))
-
-    @post_load
-    def make(self, data, **kwargs) -> FileSinkConfig:
-        return FileSinkConfig(Path(data["path"]).expanduser() if data["path"] else None)
-
-
-_BY_TYPE: dict[str, type[Schema]] = {
-    "recyclic": RecyclicSinkSchema, "webhook": WebhookSinkSchema, "file": FileSinkSchema,
-}
-
-
-class SinkSchema(Schema):
-    """Reads ``type`` then the keys of that sink type (unknown keys refused there)."""
-
-    class Meta:
-        unknown = INCLUDE
-
-    type = fields.String(required=True, validate=validate.OneOf(SINK_TYPES))
-
-    @post_load
-    def make(self, data, **kwargs) -> SinkConfig:
-        kind = data.pop("type")
-        return _BY_TYPE[kind]().load(data)

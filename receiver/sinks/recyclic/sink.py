@@ -1,22 +1,26 @@
 """The Recyclic sink: open a cash session, post one sale per Paheko tab, close per policy — each exactly once.
 
-Recyclic has no ingest endpoint and stores no external id, so the ledger's forward log is the map from
-Paheko ids to Recyclic ids. Every step records ``sending`` before its request leaves and ``done`` (with the
-Recyclic id) right after the answer. A ``sending`` record found later means the outcome is unknown; it is
-settled by reading the Recyclic session back before anything is posted again:
+Recyclic has no ingest endpoint and stores no external id, but **its own data is the record** of what was
+forwarded; the ledger's forward log is a cache of it. Every step goes through
+:meth:`~receiver.sinks.exactly.ForwardLog.once`: a ``done`` record is trusted; otherwise Recyclic is searched
+first and what it holds is adopted; only what is missing is created. So a ledger restored from any backup,
+deleted, or holding a ``sending`` record whose answer was lost never makes a second session or sale:
 
-- a sale: v2 sales carry their Paheko ids in ``note`` (:func:`~receiver.mapping.mapper.parse_sale_note`);
-  Recyclic 1.3 drops the note, so there the session's sales that no ``done`` record claims are matched by
-  content, and an ambiguous case is held for a person. This holds days later, when Recyclic's 24 h
-  idempotency keys are gone.
-- the close: the session's ``status`` says whether it happened; a retry reuses the ``Idempotency-Key``.
-- the opening: Recyclic has no session listing, so a lost opening cannot be found again. Under v2 (back-dated
-  openings never conflict) a new session is opened and the possible empty orphan is reported; a sale is only
-  ever posted to the session whose id was recorded, so no sale can be duplicated. Under 1.3 a second live
-  opening is refused when the first one did happen: that refusal is held with instructions.
+- the session (v2): listed with ``GET /cash-sessions/`` (site, register, around Paheko's opening time,
+  empty sessions included) and matched on the exact opening time (v2 back-dates it), then checked by the
+  notes of its sales. An empty extra session (a lost opening) is closed, which deletes it, and reported.
+  Recyclic 1.3 cannot back-date: a session is only found again after a lost opening (the empty open
+  session of the replay register), and an "already open" refusal is retried or adopted, never held;
+- a sale (v2): by its ``note``, which names the source, the Paheko session and the ticket
+  (:func:`~receiver.sinks.recyclic.profiles.sale_note`), in the session's read-back — days later too,
+  when Recyclic's 24 h idempotency keys are gone. 1.3 drops the note: a lost answer is settled by content
+  (an ambiguous case is held for a person), and only the ledger remembers what was sent;
+- the close: the session's ``status``; a retry reuses the ``Idempotency-Key``.
 
-A step-up PIN refusal (v2 close) is remembered in the ledger, for this Recyclic user and this PIN, so no
-other session retries it: five wrong PINs lock the account. A person releasing a session tries once more.
+Logging in happens before anything is recorded, and a request that never left (refused connection, DNS,
+TLS) records nothing: neither leaves an outcome to settle. A step-up PIN refusal (v2 close) is remembered
+in the ledger, for this Recyclic user and this PIN, so no other session retries it: five wrong PINs lock
+the account. A person releasing a session tries once more.
 """
 
 from __future__ import annotations
@@ -25,294 +29,317 @@ import hashlib
 import hmac
 import json
 import logging
-from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields
-
-from receiver.forward import Delivery, DeliveryHeld, DeliveryRetry
-from receiver.forward.config import RecyclicSinkConfig
-from receiver.forward.recyclic_client import (
-    PIN_CODES, RecyclicAuthError, RecyclicClient, RecyclicError, RecyclicRateLimited, RecyclicRefused,
-    RecyclicUnavailable,
-)
-from receiver.ledger import Entry, Forward, Ledger
+from receiver.ledger import Entry
 from receiver.ledger.store import utcnow
-from receiver.mapping.mapper import parse_sale_note
-from receiver.mapping.model import MappedSale, MappedSession
+from receiver.outcomes import MustAct, NotSent, RetryLater
+from receiver.sinks import Delivery
+from receiver.sinks.exactly import ForwardLog
+from receiver.sinks.recyclic.client import (
+    PIN_CODES, LedgerLoginLog, RecyclicAuthError, RecyclicClient, RecyclicError, RecyclicRateLimited,
+    RecyclicRefused, RecyclicUnavailable,
+)
+from receiver.sinks.recyclic.config import RecyclicSinkConfig
+from receiver.sinks.recyclic.mapping import mapped_document
+from receiver.sinks.recyclic.mapping.model import MappedSale, MappedSession, load_mapped
+from receiver.sinks.recyclic.profiles import (
+    CLOSE_BODY, CREATED, PROFILES, REMOTE_SESSION, load_remote, parse_sale_note, sale_shape,
+)
 
-log = logging.getLogger("receiver.forward.recyclic")
+log = logging.getLogger("receiver.sinks.recyclic")
 
 #: Recyclic stores a sale line's category in a 50-character column; longer crashes it (500).
 CATEGORY_MAX = 50
-CENT = Decimal("0.01")
-
-
-# -- wire format: cents → float euros, grams → float kilograms, exactly the published fields ---------------
-
-
-def euros(cents: int) -> float:
-    return float(Decimal(cents) / 100)
-
-
-def kilograms(grams: int) -> float:
-    return float(Decimal(grams) / 1000)
-
-
-def _cents(euros_value: Any) -> int:
-    return int((Decimal(str(euros_value)) * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
-
-
-def _grams(kilograms_value: Any) -> int:
-    return int((Decimal(str(kilograms_value)) * 1000).quantize(Decimal(1), rounding=ROUND_HALF_UP))
-
-
-class _Euros(fields.Field):
-    def _serialize(self, value: int, attr, obj, **kwargs) -> float:
-        return euros(value)
-
-
-class _Kilograms(fields.Field):
-    def _serialize(self, value: int, attr, obj, **kwargs) -> float:
-        return kilograms(value)
-
-
-class OpenBody(Schema):
-    """``POST /cash-sessions/`` under Recyclic 1.3 (no back-dating)."""
-
-    operator_id = fields.String()
-    site_id = fields.String()
-    register_id = fields.String(allow_none=True)
-    initial_amount = _Euros(attribute="initial_cents")
-
-
-class OpenBodyV2(OpenBody):
-    """v2 adds ``opened_at``, with its offset (Paheko's opening time: "saisie différée")."""
-
-    opened_at = fields.AwareDateTime(format="iso")
-
-
-class ItemBody(Schema):
-    category = fields.String(attribute="category_id")
-    quantity = fields.Integer()
-    weight = _Kilograms(attribute="weight_grams")
-    unit_price = fields.Function(
-        lambda item: float((Decimal(item.total_cents) / item.quantity / 100).quantize(CENT, ROUND_HALF_UP)))
-    total_price = _Euros(attribute="total_cents")
-    notes = fields.String(allow_none=True)
-
-
-class PaymentBody(Schema):
-    payment_method = fields.String(attribute="code")
-    amount = _Euros(attribute="amount_cents")
-
-
-class LegacySaleBody(Schema):
-    """``POST /sales/`` under 1.3: one payment method per sale, no note."""
-
-    cash_session_id = fields.String()
-    items = fields.List(fields.Nested(ItemBody))
-    total_amount = _Euros(attribute="total_cents")
-    payment_method = fields.Function(lambda data: data["sale"].payments[0].code)
-
-
-class SaleBody(Schema):
-    """``POST /sales/`` under v2: ``payments[]`` and the ``note`` that carries the Paheko ids."""
-
-    cash_session_id = fields.String()
-    items = fields.List(fields.Nested(ItemBody))
-    total_amount = _Euros(attribute="total_cents")
-    payments = fields.List(fields.Nested(PaymentBody))
-    note = fields.String()
-
-
-class CloseBody(Schema):
-    actual_amount = _Euros(attribute="actual_cents")
-    variance_comment = fields.String()
-
-
-# -- what is read back ----------------------------------------------------------------------------------
-
-
-class _Loose(Schema):
-    class Meta:
-        unknown = EXCLUDE
-
-
-class _RemoteSaleRef(_Loose):
-    id = fields.String(required=True)
-    note = fields.String(load_default=None, allow_none=True)
-
-
-class _RemoteSession(_Loose):
-    id = fields.String(required=True)
-    status = fields.String(required=True)
-    sales = fields.List(fields.Nested(_RemoteSaleRef), load_default=list)
-
-
-class _Created(_Loose):
-    id = fields.String(required=True)
-
-
-#: Schema instances are stateless: build them once, not per sale (nested schemas are costly to set up).
-_SCHEMAS: dict[str, Schema] = {
-    "open_v2": OpenBodyV2(), "open_legacy": OpenBody(), "sale_v2": SaleBody(), "sale_legacy": LegacySaleBody(),
-    "close": CloseBody(), "created": _Created(), "remote_session": _RemoteSession(),
-}
-
-
-def _created(data: Any, what: str) -> str:
-    try:
-        return _SCHEMAS["created"].load(data if isinstance(data, dict) else {})["id"]
-    except ValidationError:
-        raise DeliveryRetry(f"Recyclic answered the {what} without an id: outcome unknown, settled next time") from None
-
-
-def _sale_shape(body: dict[str, Any]) -> tuple:
-    """What identifies a sale's content, from the body sent or from ``GET /sales/{id}``."""
-    items = sorted((str(i.get("category")), int(i.get("quantity") or 0), _cents(i.get("total_price") or 0),
-                    _grams(i.get("weight") or 0)) for i in body.get("items") or [])
-    return _cents(body.get("total_amount") or 0), str(body.get("payment_method") or "").lower(), tuple(items)
-
-
-# -- the sink --------------------------------------------------------------------------------------------
+#: Sessions listed per page (Recyclic's maximum).
+PAGE = 100
+#: Pages read at most when looking for a session (a filter Recyclic would ignore must not mean a full scan).
+MAX_PAGES = 20
+#: Two opening times this close are the same opening (Paheko keeps seconds).
+SAME_INSTANT = timedelta(seconds=1)
+#: How long to wait before trying again an opening refused because another session is open.
+BUSY_RETRY = 300.0
 
 
 class RecyclicSink:
-    """Delivers mapped sessions to one Recyclic instance (profile per session: ``mapped.profile``)."""
+    """Delivers mapped sessions to one Recyclic instance (profile per session: ``mapped.profile``). One per
+    process and source, shared by the worker threads: one client, one login."""
 
     kind = "recyclic"
 
-    def __init__(self, config: RecyclicSinkConfig, *, client: RecyclicClient | None = None):
+    def __init__(self, config: RecyclicSinkConfig, *, ledger=None, client: RecyclicClient | None = None):
         self.config = config
-        self.client = client or RecyclicClient(config)
+        logins = None
+        if ledger is not None:
+            logins = LedgerLoginLog(ledger, f"recyclic.logins:{config.username}@{urlsplit(config.url).netloc}")
+        self.client = client or RecyclicClient(config, logins=logins)
 
     def close(self) -> None:
         self.client.close()
 
-    def deliver(self, entry: Entry, mapped: MappedSession, ledger: Ledger) -> Delivery:
+    def map(self, snapshot, source) -> dict[str, Any]:
+        return mapped_document(snapshot, source.mapping)
+
+    def deliver(self, entry: Entry, log: ForwardLog) -> Delivery:
         try:
-            return _Delivering(self, entry, mapped, ledger).run()
-        except RecyclicRateLimited as exc:
-            raise DeliveryRetry(str(exc), exc.retry_after) from None
-        except RecyclicUnavailable as exc:
-            raise DeliveryRetry(str(exc)) from None
+            return _Delivering(self, load_mapped(entry.mapped), log).run()
+        except (RecyclicRateLimited, RecyclicUnavailable) as exc:
+            kind = NotSent if exc.sent is False else RetryLater
+            raise kind("Recyclic est injoignable ou surchargé pour l'instant ; nouvel essai programmé.", str(exc),
+                       getattr(exc, "retry_after", None)) from None
         except RecyclicAuthError as exc:
-            raise DeliveryHeld(
+            raise MustAct(
                 f"Recyclic refuse l'utilisateur « {self.config.username} » du récepteur ({exc.status}) : vérifiez "
                 "username et password dans la section [sink] de cette source, et que cet utilisateur a le rôle "
                 "admin dans Recyclic, puis libérez la session.", str(exc)) from None
         except RecyclicRefused as exc:
-            raise DeliveryHeld(
-                f"Recyclic refuse la requête ({_said(exc)}). Corrigez la cause (correspondances, données), puis "
+            raise MustAct(
+                f"Recyclic refuse la requête ({said(exc)}). Corrigez la cause (correspondances, données), puis "
                 "libérez la session.", str(exc)) from None
 
 
-def _said(exc: RecyclicError) -> str:
+def said(exc: RecyclicError) -> str:
     detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail, ensure_ascii=False)
     return f"{exc.status} {exc.code or ''} : {detail}".replace("  ", " ")
 
 
+def _instant(text: str | None) -> datetime | None:
+    """A Recyclic time (ISO, ``Z`` or an offset; naive is UTC), or ``None``."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _page(data: Any) -> list[dict[str, Any]]:
+    """The sessions of one listing page: ``{"data": [...], "total", …}`` (v2) or a bare list."""
+    rows = data.get("data") if isinstance(data, dict) else data
+    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+
+
 class _Delivering:
-    """One delivery attempt of one session (holds the forward log as read at the start)."""
+    """One delivery attempt of one session."""
 
-    def __init__(self, sink: RecyclicSink, entry: Entry, mapped: MappedSession, ledger: Ledger):
-        self.sink, self.client, self.entry, self.mapped, self.ledger = sink, sink.client, entry, mapped, ledger
-        self.forwards: dict[tuple[str, int], Forward] = ledger.forwards_of(entry.id)
-        self.notes: list[str] = []
-
-    def record(self, kind: str, paheko_id: int, status: str, **values: Any) -> None:
-        self.ledger.record_forward(self.entry.id, kind, paheko_id, status=status, **values)
+    def __init__(self, sink: RecyclicSink, mapped: MappedSession, forward_log: ForwardLog):
+        self.sink, self.client, self.mapped, self.log = sink, sink.client, mapped, forward_log
+        self.profile = PROFILES[mapped.profile]
+        self.remote: dict[str, Any] | None = None  # the session as read back during this attempt
 
     def run(self) -> Delivery:
-        mapped = self.mapped
-        session_record = self.forwards.get(("session", mapped.session_id))
+        mapped, log_ = self.mapped, self.log
         if mapped.opening is None or not mapped.sales:
-            if session_record is None:
-                self.record("session", mapped.session_id, "done",
-                            detail="Aucune vente à transmettre : aucune session ouverte dans Recyclic.")
-            return Delivery(RecyclicSink.kind, session_record.sink_id if session_record else None)
+            if log_.get("session", mapped.session_id) is None:
+                log_.mark("session", mapped.session_id, "done",
+                          detail="Aucune vente à transmettre : aucune session ouverte dans Recyclic.")
+            return Delivery(RecyclicSink.kind, log_.done_id("session", mapped.session_id))
         for sale in mapped.sales:  # refuse before opening anything in Recyclic
             self.check_sale(sale)
-        session_id = self.open(session_record)
+        self.client.token()  # log in before anything is recorded: a failed login leaves nothing to settle
+        session_id = log_.once("session", mapped.session_id, find=self.find_session, create=self.open_session)
         sales = self.post_sales(session_id)
         closed = mapped.close_session and mapped.closing is not None and self.close_session(session_id)
-        return Delivery(RecyclicSink.kind, session_id, sales, bool(closed), tuple(self.notes))
+        return Delivery(RecyclicSink.kind, session_id, sales, bool(closed), tuple(log_.notes))
 
-    # -- opening ------------------------------------------------------------------------------------
+    # -- finding what Recyclic already holds ------------------------------------------------------------
 
-    def open(self, record: Forward | None) -> str:
+    def list_sessions(self, **filters: Any) -> list[dict[str, Any]]:
+        """Every session matching ``filters`` (empty ones included), page by page."""
+        rows: list[dict[str, Any]] = []
+        params = {k: v for k, v in filters.items() if v is not None}
+        for page in range(MAX_PAGES):
+            data = self.client.get("cash-sessions/", {**params, "include_empty": "true", "skip": page * PAGE,
+                                                      "limit": PAGE})
+            batch = [s for s in (load_remote(REMOTE_SESSION, r) for r in _page(data)) if s is not None]
+            rows.extend(batch)
+            total = data.get("total") if isinstance(data, dict) else None
+            if len(batch) < PAGE or (isinstance(total, int) and len(rows) >= total):
+                break
+        return rows
+
+    def ours(self, remote: dict[str, Any]) -> str:
+        """Whose a Recyclic session is, by its sales' notes: ``ours``, ``empty`` or ``other``."""
+        sales = remote.get("sales") or []
+        if not sales:
+            return "empty"
+        notes = [parse_sale_note(s.get("note")) for s in sales]
+        key = (self.mapped.source, self.mapped.session_id)
+        return "ours" if any(n is not None and n[:2] == key for n in notes) else "other"
+
+    def find_session(self) -> str | None:
+        """The Recyclic session already holding this Paheko session, or ``None`` (see the module doc)."""
         mapped, opening = self.mapped, self.mapped.opening
-        if record is not None and record.status == "done" and record.sink_id:
-            return record.sink_id
-        lost = record is not None and record.status == "sending"
-        schema = _SCHEMAS[f"open_{mapped.profile}"]
-        body = schema.dump(opening)
-        self.record("session", mapped.session_id, "sending")
+        if not self.profile.backdated_opening:
+            return self.find_lost_legacy_opening()
+        when = opening.opened_at
+        rows = self.list_sessions(site_id=opening.site_id, register_id=opening.register_id,
+                                  date_from=(when - timedelta(days=1)).astimezone(UTC).isoformat(),
+                                  date_to=(when + timedelta(days=1)).astimezone(UTC).isoformat())
+        candidates = []
+        for row in rows:
+            at = _instant(row.get("opened_at"))
+            if (at is None or abs(at - when) >= SAME_INSTANT or row.get("site_id") != opening.site_id
+                    or (row.get("register_id") or None) != opening.register_id):
+                continue
+            owner = self.log.ledger.forward_owner("session", row["id"])
+            if owner is not None and owner.id != self.log.entry.id:
+                continue  # another Paheko session's (same place, same second: another source)
+            detail = self.read_session(row["id"])
+            kind = self.ours(detail)
+            if kind != "other":
+                candidates.append((kind, detail))
+        if not candidates:
+            return None
+        mine = [d for kind, d in candidates if kind == "ours"]
+        if len(mine) > 1:
+            raise MustAct(
+                f"Recyclic contient {len(mine)} sessions pour la session Paheko {mapped.session_id} "
+                f"({', '.join(d['id'] for d in mine)}), chacune avec des tickets de cette session : rien n'est "
+                "envoyé. Dans Recyclic, gardez-en une (supprimez les ventes en double de l'autre), puis libérez "
+                "la session : les tickets absents seront envoyés, ceux déjà présents ne le seront pas.")
+        chosen = mine[0] if mine else next(d for kind, d in candidates if kind == "empty")
+        self.remote = chosen
+        if not mine:
+            self.log.note(f"Session Recyclic {chosen['id']} déjà ouverte pour cette session (vide, ouverte le "
+                          f"{when:%d/%m/%Y à %H:%M:%S}) : reprise, aucune autre n'est ouverte.")
+        for kind, detail in candidates:
+            if detail is not chosen:
+                self.close_orphan(detail)
+        return chosen["id"]
+
+    def find_lost_legacy_opening(self) -> str | None:
+        """Recyclic 1.3: after a lost opening only, the empty open session of that register and operator
+        (1.3 allows one per operator and register, so it can only be that opening)."""
+        if not self.log.unsettled("session", self.mapped.session_id):
+            return None
+        opening = self.mapped.opening
+        for row in self.list_sessions(status="open", site_id=opening.site_id, register_id=opening.register_id,
+                                      operator_id=opening.operator_id):
+            if self.log.ledger.forward_owner("session", row["id"]) is None and not (row.get("number_of_sales") or 0):
+                detail = self.read_session(row["id"])
+                if self.ours(detail) == "empty":
+                    self.remote = detail
+                    self.log.note(f"Ouverture précédente restée sans réponse : la session Recyclic {row['id']} "
+                                  "(vide) est celle-là ; reprise, aucune autre n'est ouverte.")
+                    return row["id"]
+        return None
+
+    def close_orphan(self, remote: dict[str, Any]) -> None:
+        """Close (so Recyclic deletes) an empty session this Paheko session left in Recyclic, and say so."""
+        session_id = remote["id"]
+        if remote.get("status") != "open":
+            return
+        headers = {}
+        if self.profile.name == "v2":
+            try:
+                headers["X-Step-Up-Pin"] = pin = self.pin()
+            except MustAct:
+                self.log.note(f"Session Recyclic vide en trop {session_id} (une ouverture précédente restée sans "
+                              "réponse) laissée ouverte : sans code PIN utilisable, le récepteur ne peut pas la "
+                              "supprimer. Clôturez-la dans Recyclic : elle bloque toute ouverture en direct sur "
+                              "cette caisse.")
+                return
+        try:
+            answer = self.client.post(f"cash-sessions/{session_id}/close", {
+                "actual_amount": float(self.mapped.opening.initial_cents) / 100,
+                "variance_comment": "Session vide en trop (ouverture restée sans réponse), fermée par le récepteur "
+                                    "Paheko."}, headers=headers)
+        except RecyclicRefused as exc:
+            if exc.code in PIN_CODES:
+                self.remember_pin_refusal(headers.get("X-Step-Up-Pin", ""), exc)
+            self.log.note(f"Session Recyclic vide en trop {session_id} laissée ouverte : Recyclic refuse de la "
+                          f"clôturer ({said(exc)}). Clôturez-la dans Recyclic : elle bloque toute ouverture en "
+                          "direct sur cette caisse.")
+            return
+        deleted = isinstance(answer, dict) and answer.get("deleted") is True
+        self.log.note(f"Session Recyclic vide en trop {session_id} (une ouverture précédente restée sans réponse) "
+                      + ("supprimée." if deleted else "clôturée."))
+        log.warning("orphan Recyclic session closed", extra={
+            "event": "forward", "source": self.mapped.source, "session_id": self.mapped.session_id,
+            "recyclic_session": session_id, "deleted": deleted})
+
+    # -- opening ---------------------------------------------------------------------------------------
+
+    def open_session(self) -> str:
+        body = self.profile.open_body.dump(self.mapped.opening)
         try:
             answer = self.client.post("cash-sessions/", body)
         except RecyclicRefused as exc:
-            if lost and mapped.profile == "legacy" and exc.status == 400:
-                raise DeliveryHeld(
-                    "Une ouverture de session précédente dans Recyclic est restée sans réponse, et Recyclic "
-                    f"refuse maintenant d'en ouvrir une autre ({_said(exc)}) : la première a sans doute été "
-                    "créée. Dans Recyclic, clôturez la session ouverte (vide) de cet opérateur ou de cette "
-                    "caisse, puis libérez la session.", str(exc)) from None
-            raise DeliveryHeld(
-                f"Recyclic refuse d'ouvrir la session de caisse ({_said(exc)}). Vérifiez le site, la caisse et "
-                "l'opérateur de la correspondance, et qu'aucune autre session n'est ouverte sur cette caisse "
-                "ou pour cet opérateur, puis libérez la session.", str(exc)) from None
-        session_id = _created(answer, "session opening")
-        detail = None
-        if lost and mapped.profile == "v2":
-            detail = (f"Une tentative d'ouverture précédente est restée sans réponse : une session vide a pu être "
-                      f"créée dans Recyclic (site {opening.site_id}, caisse {opening.register_id or 'aucune'}, "
-                      f"ouverte le {opening.opened_at.isoformat()}). Elle ne contient aucune vente.")
-            self.notes.append(detail)
-            log.warning("session opening retried after a lost answer", extra={
-                "event": "forward", "source": mapped.source, "session_id": mapped.session_id})
-        self.record("session", mapped.session_id, "done", sink_id=session_id, detail=detail)
+            if exc.status == 400 and "ouverte" in str(exc.detail or "") + str(exc.message):
+                self.already_open(exc)
+            raise MustAct(
+                f"Recyclic refuse d'ouvrir la session de caisse ({said(exc)}). Vérifiez le site, la caisse et "
+                "l'opérateur de la correspondance, puis libérez la session.", str(exc)) from None
+        session_id = self.created(answer, "session opening")
+        self.remote = {"id": session_id, "status": "open", "sales": []}  # just opened: nothing to look for
         return session_id
 
-    # -- sales --------------------------------------------------------------------------------------
+    def already_open(self, exc: RecyclicRefused) -> None:
+        """Another session is open for this operator or register (a live opening refused): say which, and
+        retry later — it is either another Paheko session's, closed when that one is, or a person's."""
+        opening = self.mapped.opening
+        blocking = [r for f in ({"register_id": opening.register_id}, {"operator_id": opening.operator_id})
+                    if next(iter(f.values())) for r in self.list_sessions(status="open", site_id=opening.site_id, **f)]
+        names = []
+        for row in {r["id"]: r for r in blocking}.values():
+            owner = self.log.ledger.forward_owner("session", row["id"])
+            names.append(f"{row['id']} (session Paheko {owner.session_id} de la source {owner.source})" if owner
+                         else f"{row['id']} (inconnue du récepteur)")
+        which = ", ".join(names) or "introuvable"
+        raise NotSent(
+            f"Recyclic refuse d'ouvrir une session : une autre est ouverte sur cette caisse ou pour cet opérateur "
+            f"({which}). Nouvel essai programmé ; si elle n'est pas au récepteur, clôturez-la dans Recyclic.",
+            str(exc), BUSY_RETRY) from None
+
+    def created(self, answer: Any, what: str) -> str:
+        data = load_remote(CREATED, answer)
+        if data is None:
+            raise RetryLater("Réponse inattendue de Recyclic ; vérification au prochain essai.",
+                             f"Recyclic answered the {what} without an id: outcome unknown, settled next time")
+        return data["id"]
+
+    # -- sales -----------------------------------------------------------------------------------------
 
     def post_sales(self, session_id: str) -> dict[int, str]:
-        mapped = self.mapped
-        done = {s.tab_id: r.sink_id for s in mapped.sales
-                if (r := self.forwards.get(("sale", s.tab_id))) is not None and r.status == "done" and r.sink_id}
-        if any((r := self.forwards.get(("sale", s.tab_id))) is not None and r.status == "sending"
-               for s in mapped.sales if s.tab_id not in done):
-            done.update(self.settle_sales(session_id, done))
-        for sale in mapped.sales:
-            if sale.tab_id not in done:
-                done[sale.tab_id] = self.post_sale(session_id, sale)
-        return done
+        mapped, log_ = self.mapped, self.log
+        pending = [s for s in mapped.sales if not log_.is_done("sale", s.tab_id)]
+        found: dict[int, str] = {}
+        if pending:
+            remote = self.remote if self.remote is not None and self.remote["id"] == session_id \
+                else self.read_session(session_id)
+            self.remote = remote
+            found = self.found_sales(remote, pending)
+            missing = [s for s in pending if s.tab_id not in found]
+            if remote["status"] != "open" and missing:
+                raise MustAct(
+                    f"La session Recyclic {session_id} n'est plus ouverte ({remote['status']}) alors que "
+                    f"{len(missing)} ticket(s) restent à transmettre. Vérifiez-la dans Recyclic ; pour tout "
+                    "renvoyer dans une nouvelle session, il faut une intervention technique.")
+        return {sale.tab_id: log_.once("sale", sale.tab_id, key=sale.idempotency_key,
+                                       find=lambda tab=sale.tab_id: found.get(tab),
+                                       create=lambda s=sale: self.post_sale(session_id, s))
+                for sale in mapped.sales}
 
-    def settle_sales(self, session_id: str, done: dict[int, str]) -> dict[int, str]:
-        """Sales whose answer was lost, found in the Recyclic session (recorded ``done`` here)."""
-        remote = self.read_session(session_id)
-        pending = [s for s in self.mapped.sales if s.tab_id not in done]
-        if self.mapped.profile == "v2":
-            wanted = {s.tab_id for s in pending}
-            found = {}
-            for sale in remote["sales"]:
-                ids = parse_sale_note(sale["note"])
-                if ids and ids[:2] == (self.mapped.source, self.mapped.session_id) and ids[2] in wanted:
-                    found.setdefault(ids[2], sale["id"])
-        else:
-            found = self.match_legacy(remote, pending, set(done.values()))
-        for tab_id, sale_id in found.items():
-            self.record("sale", tab_id, "done", sink_id=sale_id,
-                        idempotency_key=next(s.idempotency_key for s in pending if s.tab_id == tab_id),
-                        detail="Retrouvée dans Recyclic après une réponse perdue.")
-        if remote["status"] != "open" and len(found) < len(pending):
-            raise DeliveryHeld(
-                f"La session Recyclic {session_id} n'est plus ouverte ({remote['status']}) alors que "
-                f"{len(pending) - len(found)} ticket(s) restent à transmettre. Vérifiez-la dans Recyclic ; "
-                "pour tout renvoyer dans une nouvelle session, il faut une intervention technique.")
-        return found
+    def found_sales(self, remote: dict[str, Any], pending: list[MappedSale]) -> dict[int, str]:
+        """Tickets of ``pending`` already in the Recyclic session (v2: by note; 1.3: a lost answer, by content)."""
+        if not self.profile.keeps_note:
+            return self.match_legacy(remote, pending, {
+                f.sink_id for (kind, _), f in self.log.records.items() if kind == "sale" and f.sink_id})
+        wanted = {s.tab_id for s in pending}
+        seen: dict[int, list[str]] = {}
+        for sale in remote.get("sales") or []:
+            ids = parse_sale_note(sale.get("note"))
+            if ids and ids[:2] == (self.mapped.source, self.mapped.session_id) and ids[2] in wanted:
+                seen.setdefault(ids[2], []).append(sale["id"])
+        for tab, copies in seen.items():
+            if len(copies) > 1:
+                self.log.note(f"Le ticket {tab} est {len(copies)} fois dans la session Recyclic {remote['id']} "
+                              f"(ventes {', '.join(copies)}) : supprimez les doublons dans Recyclic.")
+        return {tab: copies[0] for tab, copies in seen.items()}
 
     def match_legacy(self, remote: dict[str, Any], pending: list[MappedSale], claimed: set[str]) -> dict[int, str]:
         """Recyclic 1.3 drops the note: a sale of the session that no ``done`` record claims can only be the
@@ -320,12 +347,12 @@ class _Delivering:
         unclaimed = [s["id"] for s in remote["sales"] if s["id"] not in claimed]
         if not unclaimed:
             return {}
-        sending = [s for s in pending if (r := self.forwards.get(("sale", s.tab_id))) and r.status == "sending"]
+        sending = [s for s in pending if self.log.unsettled("sale", s.tab_id)]
         if len(unclaimed) == 1 and len(sending) == 1:
             remote_sale = self.client.get(f"sales/{unclaimed[0]}")
-            if _sale_shape(remote_sale) == _sale_shape(self.sale_body("-", sending[0])):
+            if sale_shape(remote_sale) == sale_shape(self.sale_body("-", sending[0])):
                 return {sending[0].tab_id: unclaimed[0]}
-        raise DeliveryHeld(
+        raise MustAct(
             f"Impossible de savoir quelles ventes de la session Recyclic {remote['id']} correspondent aux tickets "
             f"dont l'envoi est resté sans réponse (Recyclic 1.3 ne garde pas la référence Paheko) : "
             f"{len(unclaimed)} vente(s) non rapprochée(s). Vérifiez la session dans Recyclic avant de libérer "
@@ -336,86 +363,86 @@ class _Delivering:
             data = self.client.get(f"cash-sessions/{session_id}")
         except RecyclicRefused as exc:
             if exc.status == 404:
-                raise DeliveryHeld(
+                raise MustAct(
                     f"La session Recyclic {session_id}, ouverte pour cette session Paheko, n'existe plus dans "
                     "Recyclic (supprimée ?). Vérifiez dans Recyclic avant toute reprise.", str(exc)) from None
             raise
-        try:
-            return _SCHEMAS["remote_session"].load(data if isinstance(data, dict) else {})
-        except ValidationError as exc:
-            raise DeliveryRetry(f"unexpected cash session read back from Recyclic: {exc.messages}") from None
+        remote = load_remote(REMOTE_SESSION, data)
+        if remote is None:
+            raise RetryLater("Réponse inattendue de Recyclic ; nouvel essai programmé.",
+                             f"unexpected cash session read back from Recyclic: {str(data)[:200]}")
+        remote["sales"] = remote.get("sales") or []
+        return remote
 
     def check_sale(self, sale: MappedSale) -> None:
         """Hold what Recyclic would mishandle: a category over 50 characters crashes it (a 500, retried
         forever), a zero quantity has no unit price, 1.3 takes a single payment method per sale."""
         too_long = [i.category_id for i in sale.items if not 0 < len(i.category_id) <= CATEGORY_MAX]
         if too_long or any(i.quantity < 1 for i in sale.items):
-            raise DeliveryHeld(
+            raise MustAct(
                 f"Le ticket {sale.tab_id} ne peut pas être envoyé tel quel à Recyclic (catégorie vide ou de plus "
                 f"de {CATEGORY_MAX} caractères, ou quantité nulle) : vérifiez les correspondances de catégories.",
                 f"categories {too_long!r}")
         if self.mapped.profile == "legacy" and len(sale.payments) != 1:
-            raise DeliveryHeld(
+            raise MustAct(
                 f"Le ticket {sale.tab_id} a {len(sale.payments)} moyens de paiement : Recyclic 1.3 n'en accepte "
                 "qu'un par vente. Revoyez la politique mixed_methods de la correspondance.")
 
     def sale_body(self, session_id: str, sale: MappedSale) -> dict[str, Any]:
         data = {"cash_session_id": session_id, "items": sale.items, "total_cents": sale.total_cents,
                 "payments": sale.payments, "note": sale.note, "sale": sale}
-        return _SCHEMAS[f"sale_{self.mapped.profile}"].dump(data)
+        return self.profile.sale_body.dump(data)
 
     def post_sale(self, session_id: str, sale: MappedSale) -> str:
         body = self.sale_body(session_id, sale)
-        self.record("sale", sale.tab_id, "sending", idempotency_key=sale.idempotency_key)
         try:
             answer = self.client.post("sales/", body, headers={"Idempotency-Key": sale.idempotency_key})
         except RecyclicRefused as exc:
             if exc.code == "IDEMPOTENCY_KEY_CONFLICT":
-                raise DeliveryHeld(
+                raise MustAct(
                     f"Recyclic a déjà reçu le ticket {sale.tab_id} avec un contenu différent (même clé "
                     f"d'idempotence « {sale.idempotency_key} ») : la session a changé dans Paheko ou dans la "
                     "correspondance après un premier envoi. Vérifiez la vente dans Recyclic (note "
                     f"« {sale.note} »), supprimez-la si elle est fausse, puis libérez la session.",
                     str(exc)) from None
-            raise DeliveryHeld(
-                f"Recyclic refuse le ticket {sale.tab_id} ({_said(exc)}). Corrigez la correspondance en cause, "
+            raise MustAct(
+                f"Recyclic refuse le ticket {sale.tab_id} ({said(exc)}). Corrigez la correspondance en cause, "
                 "puis libérez la session.", str(exc)) from None
-        sale_id = _created(answer, f"sale of tab {sale.tab_id}")
-        self.record("sale", sale.tab_id, "done", sink_id=sale_id, idempotency_key=sale.idempotency_key)
-        return sale_id
+        return self.created(answer, f"sale of tab {sale.tab_id}")
 
-    # -- closing ------------------------------------------------------------------------------------
+    # -- closing ---------------------------------------------------------------------------------------
 
     def close_session(self, session_id: str) -> bool:
         mapped = self.mapped
-        record = self.forwards.get(("close", mapped.session_id))
-        if record is not None and record.status == "done":
-            return True
-        if record is not None and record.status == "sending":
-            remote = self.read_session(session_id)
-            if remote["status"] != "open":
-                self.record("close", mapped.session_id, "done", sink_id=session_id,
-                            detail=f"Retrouvée {remote['status']} dans Recyclic après une réponse perdue.")
-                return True
         key = f"paheko-recyclic:{mapped.source}:{mapped.session_id}:close"
+
+        def closed_already() -> str | None:
+            remote = self.remote if self.remote is not None and self.remote["id"] == session_id \
+                else self.read_session(session_id)
+            return session_id if remote["status"] != "open" else None
+
+        self.log.once("close", mapped.session_id, key=key, find=closed_already,
+                      create=lambda: self.close_now(session_id, key))
+        return True
+
+    def close_now(self, session_id: str, key: str) -> str:
+        mapped = self.mapped
         headers = {"Idempotency-Key": key}
         pin = self.pin() if mapped.profile == "v2" else None
         if pin is not None:
             headers["X-Step-Up-Pin"] = pin
-        self.record("close", mapped.session_id, "sending", idempotency_key=key)
         try:
-            answer = self.client.post(f"cash-sessions/{session_id}/close", _SCHEMAS["close"].dump(mapped.closing),
+            answer = self.client.post(f"cash-sessions/{session_id}/close", CLOSE_BODY.dump(mapped.closing),
                                       headers=headers)
         except RecyclicRefused as exc:
             if exc.code in PIN_CODES:
                 self.remember_pin_refusal(pin or "", exc)
-            raise DeliveryHeld(self.close_refusal(exc), str(exc)) from None
+            raise MustAct(self.close_refusal(exc), str(exc)) from None
         if pin is not None:
-            self.ledger.set_value(self.pin_key, "")
-        deleted = isinstance(answer, dict) and answer.get("deleted") is True
-        self.record("close", mapped.session_id, "done", sink_id=session_id,
-                    detail="Session vide supprimée par Recyclic à la clôture." if deleted else None)
-        return True
+            self.log.ledger.set_value(self.pin_key, "")
+        if isinstance(answer, dict) and answer.get("deleted") is True:
+            self.log.note("Session vide supprimée par Recyclic à la clôture.")
+        return session_id
 
     def close_refusal(self, exc: RecyclicRefused) -> str:
         if exc.code == "STEP_UP_LOCKED":
@@ -431,7 +458,7 @@ class _Delivering:
             return ("Recyclic refuse de clôturer la session : aucune correspondance de clôture Paheko n'existe "
                     "pour ce site ou cette caisse dans Recyclic. Créez-la dans Recyclic, ou désactivez la "
                     "clôture (close_session = false dans la correspondance), puis libérez la session.")
-        return (f"Recyclic refuse de clôturer la session ({_said(exc)}). Les ventes sont transmises ; corrigez "
+        return (f"Recyclic refuse de clôturer la session ({said(exc)}). Les ventes sont transmises ; corrigez "
                 "la cause, puis libérez la session.")
 
     # -- the PIN guard: a refused PIN is never sent again by the worker ---------------------------------
@@ -451,24 +478,24 @@ class _Delivering:
         """The configured PIN, unless Recyclic already refused it and no person released this session since."""
         config = self.sink.config
         if config.pin is None:
-            raise DeliveryHeld(
+            raise MustAct(
                 "La clôture des sessions est demandée mais aucun code PIN n'est configuré : Recyclic l'exige "
                 "(X-Step-Up-Pin). Ajoutez pin dans la section [sink] de cette source, ou désactivez la clôture "
                 "(close_session = false), puis libérez la session.")
         pin = config.pin.reveal()
-        raw = self.ledger.get_value(self.pin_key)
+        raw = self.log.ledger.get_value(self.pin_key)
         if raw:
             mark = json.loads(raw)
             refused_at = datetime.fromisoformat(mark["at"])
             released = any(change["from_state"] == "held" and change["at"] > refused_at
-                           for change in self.ledger.history(self.entry.id))
+                           for change in self.log.ledger.history(self.log.entry.id))
             if mark["fingerprint"] == self.pin_fingerprint(pin) and not released:
-                raise DeliveryHeld(
+                raise MustAct(
                     f"Recyclic a refusé ce code PIN le {refused_at:%d/%m/%Y à %H:%M} UTC ({mark['code']}) : la "
                     "clôture n'est pas tentée à nouveau avec lui (5 erreurs verrouillent le compte). Corrigez pin "
                     "dans la section [sink] de cette source, ou ce PIN dans Recyclic, puis libérez la session.")
         return pin
 
     def remember_pin_refusal(self, pin: str, exc: RecyclicRefused) -> None:
-        self.ledger.set_value(self.pin_key, json.dumps({
+        self.log.ledger.set_value(self.pin_key, json.dumps({
             "fingerprint": self.pin_fingerprint(pin), "at": utcnow().isoformat(), "code": exc.code}))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 
 from receiver.config import Secret, Source
-from receiver.forward.config import RecyclicSinkConfig
-from receiver.forward.recyclic_client import RecyclicClient, RecyclicError
-from receiver.mapping.suggest import RecyclicNames, read_paheko_names, render_suggestion, unmapped
+from receiver.sinks.recyclic.client import RecyclicClient, RecyclicError
+from receiver.sinks.recyclic.config import RecyclicSinkConfig
+from receiver.sinks.recyclic.mapping.suggest import RecyclicNames, read_paheko_names, render_suggestion, unmapped
 from receiver.reread.client import PahekoClient, PahekoError
 
 

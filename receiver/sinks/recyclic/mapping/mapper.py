@@ -17,12 +17,13 @@ Rules (the policies are in :mod:`receiver.mapping.config`):
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from receiver.mapping.config import MEMBERSHIP, Mapping, Place
-from receiver.mapping.model import (
+from receiver.outcomes import MustAct
+from receiver.sinks.recyclic.profiles import idempotency_key, parse_sale_note, sale_note  # noqa: F401
+from receiver.sinks.recyclic.mapping.config import MEMBERSHIP, Mapping, Place
+from receiver.sinks.recyclic.mapping.model import (
     MappedClosing,
     MappedItem,
     MappedOpening,
@@ -49,35 +50,18 @@ from receiver.reread.snapshot import (
 MAX_INITIAL_CENTS = 1_000_000
 #: Which case names a wholly skipped tab when several apply to its parts.
 CASE_ORDER = ("debt_wallet", "membership", "refunds", "unknown_category", "unknown_method")
-NOTE = re.compile(r"^Paheko (\S+) session (\d+) ticket (\d+)$")
 
 
-class MappingHeld(Exception):
+class MappingHeld(MustAct):
     """The session cannot be mapped as configured; ``reasons`` (French) say what an admin must do."""
 
     def __init__(self, reasons: list[str]):
-        super().__init__("\n".join(reasons))
+        super().__init__(" ".join(reasons))
         self.reasons = reasons
 
 
 class ReconciliationError(AssertionError):
     """The mapped session does not account for Paheko's figures: a bug in the mapper, never data."""
-
-
-def sale_note(source: str, session_id: int, tab_id: int) -> str:
-    """The sale's ``note``, by which the forwarder finds a sale back in Recyclic."""
-    return f"Paheko {source} session {session_id} ticket {tab_id}"
-
-
-def parse_sale_note(note: str | None) -> tuple[str, int, int] | None:
-    """``(source, session_id, tab_id)`` from a :func:`sale_note`, or None for any other text."""
-    match = NOTE.match(note or "")
-    return (match[1], int(match[2]), int(match[3])) if match else None
-
-
-def idempotency_key(source: str, session_id: int, tab_id: int) -> str:
-    """Stable per tab (at most 128 characters, as Recyclic keeps)."""
-    return f"paheko-recyclic:{source}:{session_id}:{tab_id}"
 
 
 def euros(cents: int) -> str:

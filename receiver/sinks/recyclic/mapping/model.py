@@ -14,7 +14,7 @@ from typing import Any
 from marshmallow import fields, validate
 
 from receiver.schemas import ModelSchema
-from receiver.mapping.config import PROFILES, Profile
+from receiver.sinks.recyclic.mapping.config import PROFILES, Profile
 
 
 @dataclass(frozen=True)

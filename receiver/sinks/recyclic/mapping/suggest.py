@@ -11,7 +11,7 @@ import difflib
 import json
 from dataclasses import dataclass
 
-from receiver.mapping.config import LEGACY_CODES, MEMBERSHIP, Mapping
+from receiver.sinks.recyclic.mapping.config import LEGACY_CODES, MEMBERSHIP, Mapping
 from receiver.reread.client import PahekoClient, PahekoSQLError, sql_int
 from receiver.reread.snapshot import METHOD_CASH, METHOD_DEBT, METHOD_WALLET
 

@@ -1,0 +1,36 @@
+"""The one vocabulary for how a step ends: **done** (it returns), **retry later**, or **a person must act**.
+
+Every step of the pipeline (re-read, map, forward) and every sink speaks it; the worker turns it into ledger
+states (``failed`` with a next attempt, ``held`` with its reason). ``reason`` is French, for the Paheko
+admin; ``detail`` is technical, for the operator's logs and ``ledger show``.
+"""
+
+from __future__ import annotations
+
+
+class RetryLater(Exception):
+    """Transient: try again later, after at least ``retry_after`` seconds when given."""
+
+    sent = True  # False: the request provably never left (see NotSent)
+
+    def __init__(self, reason: str, detail: str | None = None, retry_after: float | None = None):
+        super().__init__(detail or reason)
+        self.reason = reason
+        self.detail = detail or reason
+        self.retry_after = retry_after
+
+
+class NotSent(RetryLater):
+    """Transient, and nothing left this process (connection refused, DNS, TLS, a failed login): the
+    destination cannot have applied anything, so no outcome is left to settle."""
+
+    sent = False
+
+
+class MustAct(Exception):
+    """Only a person can unblock this: ``reason`` (French) says what to do."""
+
+    def __init__(self, reason: str, detail: str | None = None):
+        super().__init__(detail or reason)
+        self.reason = reason
+        self.detail = detail
