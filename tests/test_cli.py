@@ -96,6 +96,21 @@ def test_ledger_list_and_show(tmp_path, client):
     assert missing.exit_code == 1 and "no ledger entry" in missing.output
 
 
+def test_delivery_notes_reach_ledger_show_and_status(tmp_path, client, ledger):
+    path = tmp_path / "config.toml"
+    path.write_text(config_text(tmp_path))
+    from tests.test_intake import GOOD, post
+
+    post(client, GOOD)
+    entry = ledger.get("lab", 2)
+    ledger.record_forward(entry.id, "session", 2, status="done", sink_id="rec-session-1")
+    ledger.add_note(entry.id, "Session Recyclic vide en trop rec-orphan supprimée.")
+    shown = invoke("--config", str(path), "ledger", "show", "lab:2").output
+    assert "rec-session-1" in shown and "Notes:" in shown and "rec-orphan supprimée" in shown
+    status = invoke("--config", str(path), "status").output
+    assert "session 2" in status and "rec-orphan supprimée" in status
+
+
 def test_minimal_config_gets_every_default(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('[sources.lab.webhook]\nuser = "m"\npassword = "p"\n'

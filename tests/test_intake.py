@@ -259,7 +259,16 @@ def test_status_shows_reason_when_held(client, ledger):
     ledger.transition(ledger.get("lab", 2).id, State.HELD, reason="Catégorie « Vêtements » non reliée.")
     sessions = client.post("/api/paheko/caisse/v1/status", json={"sessions": [2]}, headers=basic()).get_json()["sessions"]
     assert sessions["2"] == {"state": "held", "state_label": "bloquée : une action est nécessaire",
-                             "reason": "Catégorie « Vêtements » non reliée."}
+                             "reason": "Catégorie « Vêtements » non reliée.", "notes": []}
+
+
+def test_status_carries_the_sinks_notes(client, ledger):
+    post(client, GOOD)
+    entry = ledger.get("lab", 2)
+    ledger.add_note(entry.id, "Session Recyclic vide en trop abc supprimée.")
+    sessions = client.get("/api/paheko/caisse/v1/status?sessions=2,3", headers=basic()).get_json()["sessions"]
+    assert sessions["2"]["notes"] == ["Session Recyclic vide en trop abc supprimée."]
+    assert sessions["3"]["notes"] == [] and sessions["3"]["state"] == "unknown"
 
 
 @pytest.mark.parametrize("query", ["", "sessions=", "sessions=a,b", "sessions=0", "sessions=" + ",".join(["1"] * 201)])

@@ -50,12 +50,54 @@ def test_transition_records_history_and_guards(store):
         (None, "notified"), ("notified", "snapshot"), ("snapshot", "held")]
 
 
-def test_changed_figures_after_forwarding_hold_the_session(store):
-    entry = store.record_notification("lab", 1, {"result": 10}, origin="module").entry
-    store.transition(entry.id, State.FORWARDED)
-    recorded = store.record_notification("lab", 1, {"result": 11}, origin="module")
+def test_changed_figures_after_tickets_were_sent_hold_the_session_saying_what_differs(store):
+    summary = {"result": 500, "nb_tabs": 1, "payments": [{"method_id": 1, "total": 500}]}
+    entry = store.record_notification("lab", 1, summary, origin="module").entry
+    store.record_forward(entry.id, "session", 1, status="done", sink_id="s-1")
+    store.record_forward(entry.id, "sale", 4, status="done", sink_id="sale-4")
+    store.transition(entry.id, State.FORWARDED, mapped={"old": True})
+    changed = {"result": 1100, "nb_tabs": 2, "payments": [{"method_id": 1, "total": 500}, {"method_id": 2, "total": 600}]}
+    recorded = store.record_notification("lab", 1, changed, origin="module")
     assert recorded.outcome == "changed" and recorded.entry.state == State.HELD
-    assert "changé" in recorded.entry.reason
+    reason = recorded.entry.reason
+    assert "5,00 € → 11,00 €" in reason and "tickets 1 → 2" in reason and "n° 2 0,00 € → 6,00 €" in reason
+    assert "tickets 4)" in reason and "ledger release" in reason and "ne seront pas renvoyés" in reason
+    assert recorded.entry.mapped is None  # released, it is re-read and re-mapped
+
+
+def test_changed_figures_after_forwarding_nothing_send_it_back_to_reread(store):
+    entry = store.record_notification("lab", 1, {"result": 0}, origin="module").entry
+    store.record_forward(entry.id, "session", 1, status="done", detail="Aucune vente à transmettre")
+    store.transition(entry.id, State.FORWARDED, snapshot={"result": 0})
+    recorded = store.record_notification("lab", 1, {"result": 300}, origin="module")
+    assert recorded.outcome == "changed" and recorded.entry.state == State.NOTIFIED
+
+
+def test_a_failed_entry_whose_figures_changed_is_reread_not_forwarded_stale(store):
+    entry = store.record_notification("lab", 1, {"result": 500}, origin="module").entry
+    store.transition(entry.id, State.FAILED, snapshot={"result": 500}, mapped={"stale": True}, attempts=3,
+                     next_attempt_at=utcnow() + timedelta(hours=2))
+    recorded = store.record_notification("lab", 1, {"result": 1100}, origin="module")
+    fresh = store.get("lab", 1)
+    assert recorded.outcome == "changed" and fresh.state == State.NOTIFIED
+    assert fresh.snapshot is None and fresh.mapped is None and fresh.attempts == 0 and fresh.next_attempt_at is None
+
+
+def test_a_notification_after_the_poller_compares_with_what_was_reread(store):
+    entry = store.record_notification("lab", 1, {"closed": "2026-11-24 01:18:22"}, origin="poller").entry
+    store.transition(entry.id, State.MAPPED, snapshot={"result": 500, "nb_tabs": 1}, mapped={"m": 1})
+    same = store.record_notification("lab", 1, {"result": 500, "nb_tabs": 1}, origin="module")
+    assert same.outcome == "duplicate" and store.get("lab", 1).state == State.MAPPED
+    differs = store.record_notification("lab", 1, {"result": 1100, "nb_tabs": 1}, origin="module")
+    assert differs.outcome == "changed" and store.get("lab", 1).state == State.NOTIFIED
+
+
+def test_a_held_entry_whose_figures_changed_waits_for_a_person_with_a_fresh_read(store):
+    entry = store.record_notification("lab", 1, {"result": 500}, origin="module").entry
+    store.transition(entry.id, State.HELD, reason="Mise en attente par un opérateur.", snapshot={"result": 500})
+    store.record_notification("lab", 1, {"result": 700}, origin="module")
+    fresh = store.get("lab", 1)
+    assert fresh.state == State.HELD and fresh.reason == "Mise en attente par un opérateur." and fresh.snapshot is None
 
 
 def test_changed_figures_before_forwarding_send_it_back_to_reread(store):

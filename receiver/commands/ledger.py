@@ -89,6 +89,17 @@ def show(ref: str, source: str | None, raw: bool) -> None:
     for change in svc.ledger.history(entry.id):
         arrow = f"{change['from_state'] or '∅'} → {change['to_state']}"
         click.echo(f"  {local(change['at'], zone)}  {arrow}  {change['reason'] or ''}".rstrip())
+    forwards = svc.ledger.forwards_of(entry.id)
+    if forwards:
+        click.echo("Sent to the sink (Paheko id → destination id):")
+        for (kind, paheko_id), f in sorted(forwards.items(), key=lambda item: (item[0][0] != "session", item[0])):
+            detail = f"  {f.detail}" if f.detail else ""
+            click.echo(f"  {kind:<8} {paheko_id:<6} {f.status:<7} {f.sink_id or '-'}{detail}")
+    notes = svc.ledger.notes_of(entry.id)
+    if notes:
+        click.echo("Notes:")
+        for note in notes:
+            click.echo(f"  {local(note['at'], zone)}  {note['text']}")
     click.echo("Notifications:")
     for n in svc.ledger.notifications_of(entry.id):
         click.echo(f"  {local(n['received_at'], zone)}  {n['origin']:<8} {n['outcome']:<9} from {n['remote_addr'] or '-'}")

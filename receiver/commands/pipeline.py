@@ -131,6 +131,11 @@ def status() -> None:
             rows = [[str(e.session_id), e.state.value, local(e.updated_at, src.timezone), (e.reason or "")[:90]]
                     for e in stuck]
             click.echo("\n".join("  " + line for line in table(["session", "state", "since", "reason"], rows).splitlines()))
+        notes = svc.ledger.recent_notes(src.name, limit=10)
+        if notes:
+            click.echo("  notes (what the sink did that needs a look, newest first):")
+            for session_id, at, text in notes:
+                click.echo(f"    session {session_id}, {local(at, src.timezone)}: {text}")
 
 
 @click.command()

@@ -47,12 +47,15 @@ def error(status: int, message: str, **headers) -> Response:
     return response
 
 
-def state_view(entry: Entry | None) -> dict:
+def state_view(entry: Entry | None, notes: list[str] | None = None) -> dict:
+    """A session's state for the module; ``notes``: what the sink did that the admin should know (an orphan
+    session closed in Recyclic, a ticket found already there, …), from :meth:`Ledger.notes_for`."""
     state = entry.state if entry else State.UNKNOWN
     return {
         "state": state.value,
         "state_label": state.label,
         "reason": entry.reason if entry and state in (State.HELD, State.FAILED, State.DEAD) else None,
+        "notes": notes or [],
     }
 
 
@@ -145,8 +148,10 @@ def status():
         return error(400, "Paramètre « sessions » invalide : une liste de numéros séparés par des virgules est attendue.")
     if not ids or any(i < 1 for i in ids) or len(ids) > STATUS_MAX_SESSIONS:
         return error(400, f"Paramètre « sessions » invalide : de 1 à {STATUS_MAX_SESSIONS} numéros de session positifs.")
-    entries = services().ledger.get_many(g.source.name, ids)
-    return jsonify(source=g.source.name, sessions={str(i): state_view(entries.get(i)) for i in ids})
+    ledger = services().ledger
+    entries = ledger.get_many(g.source.name, ids)
+    notes = ledger.notes_for(g.source.name, ids)
+    return jsonify(source=g.source.name, sessions={str(i): state_view(entries.get(i), notes.get(i)) for i in ids})
 
 
 @route("v1/ping", methods=["GET", "POST"])

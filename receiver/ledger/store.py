@@ -106,6 +106,49 @@ def _merge_summary(old: dict, new: dict) -> tuple[dict, bool]:
     return {**old, **new}, changed
 
 
+def _snapshot_figures(snapshot_json: str | None) -> dict:
+    """The figures a notification also announces (``result``, ``nb_tabs``), as re-read in Paheko: so that a
+    notification arriving after the poller found the session still shows a change."""
+    if not snapshot_json:
+        return {}
+    data = json.loads(snapshot_json)
+    return {key: data[key] for key in ("result", "nb_tabs") if data.get(key) is not None}
+
+
+def _euros(cents: Any) -> str:
+    if not isinstance(cents, int):
+        return "?"
+    sign = "-" if cents < 0 else ""
+    return f"{sign}{abs(cents) // 100},{abs(cents) % 100:02d} €"
+
+
+def changed_after_sending(old: dict, new: dict, sent: list[int], session_id: int) -> str:
+    """The French hold reason for a session changed in Paheko after some of its tickets reached the sink."""
+    differs = []
+    if "result" in new and old.get("result") != new["result"]:
+        differs.append(f"total {_euros(old.get('result'))} → {_euros(new['result'])}")
+    if "nb_tabs" in new and old.get("nb_tabs") != new["nb_tabs"]:
+        differs.append(f"tickets {old.get('nb_tabs', '?')} → {new['nb_tabs']}")
+    before = {p["method_id"]: p["total"] for p in old.get("payments") or []}
+    after = {p["method_id"]: p["total"] for p in new.get("payments") or []}
+    if after:
+        for method in sorted(set(before) | set(after)):
+            if before.get(method) != after.get(method):
+                differs.append(f"moyen de paiement n° {method} {_euros(before.get(method, 0))} → "
+                               f"{_euros(after.get(method, 0))}")
+    if "closed" in new and old.get("closed") not in (None, new["closed"]):
+        differs.append(f"clôture {old['closed']} → {new['closed']}")
+    tickets = ", ".join(map(str, sent[:20])) + (" …" if len(sent) > 20 else "")
+    return (
+        f"Les chiffres de la session {session_id} ont changé dans Paheko ({'; '.join(differs) or 'détail inconnu'}) "
+        f"alors que des tickets sont déjà dans Recyclic (tickets {tickets}). Rien n'est renvoyé. Au choix : "
+        "corrigez dans Recyclic les ventes concernées (leur note nomme la session et le ticket Paheko), puis "
+        "libérez la session (paheko-recyclic ledger release) : elle sera relue, les tickets absents de Recyclic "
+        "seront envoyés et ceux déjà présents ne seront pas renvoyés ; ou laissez Recyclic tel quel et "
+        "abandonnez cette mise à jour (la session reste bloquée, visible dans « status »)."
+    )
+
+
 def _dump(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
@@ -113,10 +156,6 @@ def _dump(value: Any) -> str:
 #: PostgreSQL advisory lock held while migrating (any constant unique to this program).
 MIGRATION_LOCK = 0x5041_4845_4B4F
 
-CHANGED_AFTER_FORWARD = (
-    "Les chiffres de cette session ont changé dans Paheko après sa transmission à Recyclic : "
-    "vérifiez la session dans Recyclic, puis libérez-la (paheko-recyclic ledger release)."
-)
 
 
 class Ledger:
@@ -224,18 +263,15 @@ class Ledger:
                     row = self._entry_row(conn, source, session_id)
             if row is not None:
                 fields = dict(row._mapping)
-                merged, changed = _merge_summary(json.loads(row.summary or "{}"), summary)
+                old = json.loads(row.summary or "{}")
+                known = {**_snapshot_figures(row.snapshot), **old}
+                _, changed = _merge_summary(known, summary)
+                merged = {**old, **summary}
                 outcome = "changed" if changed else "duplicate"
                 values: dict[str, Any] = {"summary": _dump(merged)}
                 if changed:
                     values["updated_at"] = now
-                    current = State(row.state)
-                    if current == State.FORWARDED:
-                        self._set_state(conn, row.id, current, State.HELD, CHANGED_AFTER_FORWARD, now, values)
-                    elif current in (State.SNAPSHOT, State.MAPPED, State.DEAD):
-                        reason = "Les chiffres annoncés ont changé : la session sera relue dans Paheko."
-                        values.update(next_attempt_at=None, snapshot=None, mapped=None)
-                        self._set_state(conn, row.id, current, State.NOTIFIED, reason, now, values)
+                    self._changed(conn, row, known, summary, now, values)
                 if values["summary"] != row.summary or changed:
                     conn.execute(t.entries.update().where(t.entries.c.id == row.id).values(**values))
                     fields.update(values)
@@ -247,6 +283,28 @@ class Ledger:
             )
         entry = Entry.from_row(fields)
         return Recorded(entry, outcome)
+
+    def _changed(self, conn: Connection, row, old: dict, new: dict, now: datetime, values: dict) -> None:
+        """A session's figures changed in Paheko. Nothing sent yet: re-read and re-map it, whatever its
+        state (a held one keeps waiting for a person, who re-reads it by releasing it). Tickets already
+        sent: hold it, saying what differs and what can be done."""
+        current = State(row.state)
+        sent = sorted(conn.execute(
+            select(t.forwards.c.paheko_id).where(
+                t.forwards.c.entry_id == row.id, t.forwards.c.kind.in_(("sale", "document")))
+        ).scalars())
+        if sent:
+            values.update(snapshot=None, mapped=None, next_attempt_at=None)
+            self._set_state(conn, row.id, current, State.HELD, changed_after_sending(old, new, sent, row.session_id),
+                            now, values)
+            return
+        if current == State.HELD:
+            values.update(snapshot=None, mapped=None)  # releasing it re-reads the session
+            return
+        if current != State.NOTIFIED or row.snapshot is not None:
+            reason = "Les chiffres annoncés ont changé : la session sera relue dans Paheko."
+            values.update(next_attempt_at=None, snapshot=None, mapped=None, attempts=0)
+            self._set_state(conn, row.id, current, State.NOTIFIED, reason, now, values)
 
     # -- reading ---------------------------------------------------------------------------
 

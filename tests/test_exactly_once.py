@@ -1,0 +1,174 @@
+"""Recyclic is the record: a restored, deleted or stale ledger never puts a sale in Recyclic twice.
+
+End to end (local Paheko, local Recyclic v2, receiver, worker), the ledger is restored from a backup taken
+before forwarding, or deleted, Recyclic's idempotency keys are flushed (its Redis restarted: they are its
+only memory of requests), and the sessions are forwarded again: Recyclic still holds each ticket once and
+one session per Paheko session. Also: an orphan empty session is closed and reported, and a sink's login
+is shared by threads and paced across restarts.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from receiver.dev.recyclic import MAIN_SITE, REPLAY_REGISTER
+from receiver.ledger import Ledger, State
+from receiver.ledger.maintenance import backup, restore
+from receiver.sinks.recyclic.client import LOGIN_BUDGET, LedgerLoginLog, RecyclicClient, RecyclicRateLimited
+from receiver.dev.server import LocalServer
+from receiver.outcomes import NotSent
+from receiver.sinks.recyclic.sink import RecyclicSink
+from tests.forward_support import OPERATOR, Swappable, deliver, mapped_session, new_entry, new_ledger, plug
+from tests.test_pipeline import EXPECTED_TABS, build
+
+
+@pytest.fixture
+def pipeline(tmp_path):
+    p = build(tmp_path)
+    yield p
+    for server in p._servers:
+        server.stop()
+    p.ledger.close()
+
+
+def flush_idempotency(recyclic_app) -> None:
+    """Recyclic's Redis restarted: every idempotency key is gone."""
+    recyclic_app.store.flush_redis()
+
+
+def recyclic_state(p) -> tuple[dict, int, int]:
+    """(sales per Paheko (session, tab), Recyclic sessions, open Recyclic sessions)."""
+    sessions = list(p.recyclic_app.store.sessions.values())
+    return dict(p.sales_by_tab()), len(sessions), len([s for s in sessions if s.status == "open"])
+
+
+def forward_all(p) -> None:
+    p.run()
+    entries = p.ledger.list()
+    assert entries and {e.state for e in entries} == {State.FORWARDED}, [(e.session_id, e.reason) for e in entries]
+
+
+def test_restoring_an_old_ledger_backup_then_forwarding_again_duplicates_nothing(pipeline, tmp_path):
+    worker = pipeline.worker()
+    worker.poll_due_sources(force=True)  # both sessions queued, nothing sent yet
+    worker.close()
+    saved = tmp_path / "before.sqlite"
+    backup(pipeline.ledger.url, saved)
+    forward_all(pipeline)
+    first = recyclic_state(pipeline)
+    assert set(first[0]) >= EXPECTED_TABS and set(first[0].values()) == {1} and first[1] == 2
+
+    pipeline.ledger.close()
+    restore(saved, pipeline.ledger.url, force=True)  # the documented procedure, from an older backup
+    assert {e.state for e in pipeline.ledger.list()} == {State.NOTIFIED}
+    flush_idempotency(pipeline.recyclic_app)
+    forward_all(pipeline)
+    assert recyclic_state(pipeline) == first  # same tickets once each, same two sessions, none left open
+    for entry in pipeline.ledger.list():  # the restored ledger learnt Recyclic's ids back
+        records = pipeline.ledger.forwards_of(entry.id)
+        assert all(f.status == "done" for f in records.values())
+        assert any("Retrouvé" in (f.detail or "") for (kind, _), f in records.items() if kind == "sale")
+
+
+def test_deleting_the_ledger_then_forwarding_again_duplicates_nothing(pipeline):
+    forward_all(pipeline)
+    first = recyclic_state(pipeline)
+    url = pipeline.ledger.url
+    pipeline.ledger.close()
+    path = Path(url.removeprefix("sqlite:///"))
+    for leftover in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        leftover.unlink(missing_ok=True)
+    pipeline.ledger.migrate()
+    flush_idempotency(pipeline.recyclic_app)
+    forward_all(pipeline)  # the poller finds every session again
+    assert len(pipeline.ledger.list()) == 2
+    assert recyclic_state(pipeline) == first
+
+
+_TARGET = Swappable()
+
+
+@pytest.fixture(scope="module")
+def served():
+    with LocalServer(_TARGET) as server:
+        _TARGET.url = server.url
+        yield
+
+
+@pytest.fixture
+def ledger(tmp_path) -> Ledger:
+    ledger = new_ledger(tmp_path)
+    yield ledger
+    ledger.close()
+
+
+def test_an_orphan_empty_session_is_closed_and_reported(served, ledger):
+    stand = plug(_TARGET, "v2")
+    mapped = mapped_session(session_id=7)
+    opening = {"operator_id": OPERATOR, "site_id": MAIN_SITE.id, "register_id": REPLAY_REGISTER.id,
+               "initial_amount": 50.0, "opened_at": mapped.opening.opened_at}
+    # Two openings of this Paheko session whose answers were lost (or a ledger restored in between).
+    orphans = [stand.app.store.open_session(opening).id for _ in range(2)]
+    entry = new_entry(ledger, 7)
+    flush_idempotency(stand.app)
+    delivery = deliver(RecyclicSink(stand.config()), entry, mapped, ledger)
+    assert delivery.reference in orphans  # one adopted, no third one opened
+    other = next(i for i in orphans if i != delivery.reference)
+    left = stand.app.store.sessions.get(other)
+    assert left is None or (left.status == "closed" and not left.sale_ids)  # closing an empty one deletes it
+    assert [s for s in stand.sessions() if s.status == "open"] == []
+    assert len([s for s in stand.sessions() if s.sale_ids]) == 1
+    texts = [n["text"] for n in ledger.notes_of(entry.id)]
+    assert any(delivery.reference in t and "reprise" in t for t in texts), texts
+    assert any(other in t and "supprimée" in t for t in texts), texts
+    assert list(delivery.notes) == texts
+
+
+def test_a_refused_connection_records_nothing_to_settle(served, ledger):
+    stand = plug(_TARGET, "v2")
+    entry = new_entry(ledger, 7)
+    closed = LocalServer(_TARGET).start()
+    url = closed.url
+    closed.stop()  # nothing listens there any more: connections are refused
+    sink = RecyclicSink(stand.config(url=url + "/v1"))
+    with pytest.raises(NotSent):
+        deliver(sink, entry, mapped_session(), ledger)
+    assert ledger.forwards_of(entry.id) == {}  # nothing "sending": no false "a session may exist" warning
+    assert ledger.notes_of(entry.id) == []
+
+
+def test_one_login_per_process_shared_by_threads(served, ledger):
+    stand = plug(_TARGET, "v2")
+    sink = RecyclicSink(stand.config(), ledger=ledger)
+    errors = []
+
+    def work(n: int) -> None:
+        try:
+            deliver(sink, new_entry(ledger, 100 + n), mapped_session(session_id=100 + n, close=False), ledger)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert stand.log.count("POST", "/auth/login") == 1
+
+
+def test_logins_are_paced_across_restarts(served, ledger):
+    stand = plug(_TARGET, "v2", token_lifetime=timedelta(seconds=30))
+    logins = LedgerLoginLog(ledger, "recyclic.logins:test")
+    for _ in range(LOGIN_BUDGET):  # each "process" starts, logs in once, and dies
+        with RecyclicClient(stand.config(), logins=logins) as client:
+            client.sites()
+    with RecyclicClient(stand.config(), logins=LedgerLoginLog(ledger, "recyclic.logins:test")) as restarted:
+        with pytest.raises(RecyclicRateLimited) as limited:
+            restarted.sites()
+    assert limited.value.sent is False and 0 < limited.value.retry_after <= 60
+    assert stand.log.count("POST", "/auth/login") == LOGIN_BUDGET
