@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from receiver.dev.recyclic import MAIN_SITE, REPLAY_REGISTER
+from receiver.dev.recyclic import MAIN_SITE, REPLAY_REGISTER, Fault
 from receiver.ledger import Ledger, State
 from receiver.ledger.maintenance import backup, restore
 from receiver.sinks.recyclic.client import LOGIN_BUDGET, LedgerLoginLog, RecyclicClient, RecyclicRateLimited
 from receiver.dev.server import LocalServer
-from receiver.outcomes import NotSent
+from receiver.outcomes import MustAct, NotSent, RetryLater
 from receiver.sinks.recyclic.sink import RecyclicSink
 from tests.forward_support import OPERATOR, Swappable, deliver, mapped_session, new_entry, new_ledger, plug
 from tests.test_pipeline import EXPECTED_TABS, build
@@ -172,3 +172,44 @@ def test_logins_are_paced_across_restarts(served, ledger):
             restarted.sites()
     assert limited.value.sent is False and 0 < limited.value.retry_after <= 60
     assert stand.log.count("POST", "/auth/login") == LOGIN_BUDGET
+
+
+def test_a_failed_lazy_login_leaves_no_sending_record(served, ledger):
+    stand = plug(_TARGET, "v2")
+    entry = new_entry(ledger, 7)
+    stand.app.faults.script("POST /auth/login", Fault.error(503))
+    with pytest.raises(NotSent):  # the first login: before anything is recorded
+        deliver(RecyclicSink(stand.config()), entry, mapped_session(), ledger)
+    assert ledger.forwards_of(entry.id) == {}
+    sink = RecyclicSink(stand.config())
+    sink.client.sites()  # logged in
+    # Mid-delivery, Recyclic drops the token (401) and the refresh that follows fails: the sale never left.
+    stand.app.faults.script("POST /sales/", Fault.error(401))
+    stand.app.faults.script("POST /auth/refresh", Fault.error(503))
+    with pytest.raises(NotSent):
+        deliver(sink, entry, mapped_session(), ledger)
+    records = {key: f.status for key, f in ledger.forwards_of(entry.id).items()}
+    assert records == {("session", 7): "done"}  # the session is open; no sale is "sending"
+    delivery = deliver(sink, entry, mapped_session(), ledger)
+    assert len(delivery.sales) == 3 and len(stand.sales()) == 3
+
+
+@pytest.mark.parametrize("owned", [False, True])
+def test_legacy_already_open_is_retried_naming_the_blocking_session_not_held(served, ledger, owned):
+    stand = plug(_TARGET, "legacy")
+    if owned:  # a previous Paheko session of this source, forwarded without closing, still open
+        blocker = deliver(RecyclicSink(stand.config()), new_entry(ledger, 6),
+                          mapped_session("legacy", session_id=6, close=False), ledger).reference
+    else:  # someone opened the replay register by hand
+        blocker = stand.app.store.open_session({"operator_id": OPERATOR, "site_id": MAIN_SITE.id,
+                                                "register_id": REPLAY_REGISTER.id, "initial_amount": 0}).id
+    entry = new_entry(ledger, 7)
+    with pytest.raises(RetryLater) as retry:
+        deliver(RecyclicSink(stand.config()), entry, mapped_session("legacy"), ledger)
+    assert not isinstance(retry.value, MustAct) and retry.value.retry_after
+    assert blocker in retry.value.reason
+    assert ("session Paheko 6" in retry.value.reason) == owned
+    assert ledger.forwards_of(entry.id) == {}  # refused: nothing opened, nothing to settle
+    stand.app.store.close_session(blocker, {"actual_amount": 0.0, "variance_comment": "test"})
+    delivery = deliver(RecyclicSink(stand.config()), entry, mapped_session("legacy"), ledger)
+    assert delivery.closed and len(delivery.sales) == 3

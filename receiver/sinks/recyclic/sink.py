@@ -29,6 +29,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -59,6 +60,8 @@ PAGE = 100
 MAX_PAGES = 20
 #: Two opening times this close are the same opening (Paheko keeps seconds).
 SAME_INSTANT = timedelta(seconds=1)
+#: Recyclic's refusal of a live opening while another session is open (v2 French; 1.3 English).
+ALREADY_OPEN = re.compile(r"déjà ouverte|already (has an )?open", re.IGNORECASE)
 #: How long to wait before trying again an opening refused because another session is open.
 BUSY_RETRY = 300.0
 
@@ -269,7 +272,7 @@ class _Delivering:
         try:
             answer = self.client.post("cash-sessions/", body)
         except RecyclicRefused as exc:
-            if exc.status == 400 and "ouverte" in str(exc.detail or "") + str(exc.message):
+            if exc.status == 400 and ALREADY_OPEN.search(f"{exc.detail} {exc.message}"):
                 self.already_open(exc)
             raise MustAct(
                 f"Recyclic refuse d'ouvrir la session de caisse ({said(exc)}). Vérifiez le site, la caisse et "
