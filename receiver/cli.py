@@ -104,6 +104,8 @@ def init(path: Path, force: bool) -> None:
 @main.command("check-config", with_appcontext=False)
 def check_config() -> None:
     """Validate the configuration and print every problem at once (exit 1 if any)."""
+    from receiver.sinks.registry import kind_of
+
     try:
         config = load_config(config_path())
     except ConfigError as exc:
@@ -119,7 +121,7 @@ def check_config() -> None:
             f"webhook user {source.webhook[0].user}, time zone {source.timezone.key}"
         )
         m = source.mapping
-        sink = type(source.sink).__name__.removesuffix("SinkConfig").lower() if source.sink else "file (default)"
+        sink = kind_of(source.sink) if source.sink else "none configured (sessions wait until a [sink] table is added)"
         click.echo(f"    mapping: profile {m.profile}, {len(m.locations)} location(s), {len(m.categories)} "
                    f"category(ies), {len(m.methods)} method(s); sink: {sink}")
 

@@ -88,7 +88,7 @@ class Source:
     webhook: tuple[WebhookCredential, ...]
     paheko: PahekoApi
     mapping: Mapping = field(default_factory=Mapping)
-    sink: SinkConfig | None = None  # None: a JSON-lines file beside the ledger (receiver.sinks.registry)
+    sink: SinkConfig | None = None  # None: nothing is sent, sessions wait (receiver.sinks.registry.NoSink)
 
 
 @dataclass(frozen=True)

@@ -195,6 +195,8 @@ def demo(workdir: Path, timeout: float) -> None:
         thread.start()
         click.echo("Pipeline:")
         entries = _wait(ledger, [1, 2], timeout, click.echo)
+        stop.set()  # let the worker finish its step before closing its clients
+        thread.join(timeout=30)
         worker.close()
         _report(entries, ledger, recyclic_app, click.echo)
         click.echo(f"\nConfiguration: {config_path}\nLedger:        {workdir / 'ledger.sqlite'}")

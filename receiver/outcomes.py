@@ -12,6 +12,7 @@ class RetryLater(Exception):
     """Transient: try again later, after at least ``retry_after`` seconds when given."""
 
     sent = True  # False: the request provably never left (see NotSent)
+    counts = True  # False: does not use up the entry's retries (see Waiting)
 
     def __init__(self, reason: str, detail: str | None = None, retry_after: float | None = None):
         super().__init__(detail or reason)
@@ -25,6 +26,13 @@ class NotSent(RetryLater):
     destination cannot have applied anything, so no outcome is left to settle."""
 
     sent = False
+
+
+class Waiting(RetryLater):
+    """Nothing is wrong with the entry: it waits for something outside it (a destination to be configured).
+    Looked at again after ``retry_after`` seconds, without using up its retries."""
+
+    counts = False
 
 
 class MustAct(Exception):

@@ -208,6 +208,10 @@ class Worker:
         return self.ledger.transition(entry.id, State.HELD, reason=held.reason, last_error=held.detail)
 
     def _fail(self, entry: Entry, failure: StepFailed) -> Entry:
+        if not failure.counts:  # waiting (no destination configured): looked at again, retries untouched
+            return self.ledger.transition(
+                entry.id, State.FAILED, reason=failure.reason, last_error=failure.detail,
+                next_attempt_at=utcnow() + timedelta(seconds=failure.retry_after or self.config.worker.poll_interval))
         attempts = entry.attempts + 1
         delay = retry_delay(attempts, self.rng, failure.retry_after)
         if delay is None:

@@ -213,3 +213,47 @@ def test_legacy_already_open_is_retried_naming_the_blocking_session_not_held(ser
     stand.app.store.close_session(blocker, {"actual_amount": 0.0, "variance_comment": "test"})
     delivery = deliver(RecyclicSink(stand.config()), entry, mapped_session("legacy"), ledger)
     assert delivery.closed and len(delivery.sales) == 3
+
+
+def test_without_a_sink_sessions_wait_and_resend_moves_them_to_the_current_sink_once(pipeline, tmp_path):
+    from click.testing import CliRunner
+
+    from receiver.cli import main
+
+    path = tmp_path / "config.toml"
+    with_recyclic = path.read_text()
+    head, _, _ = with_recyclic.partition("[sources.lab.sink]")
+    out = tmp_path / "sessions.jsonl"
+
+    def cli(*args):
+        result = CliRunner().invoke(main, ["--config", str(path), *args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    path.write_text(head)  # no sink written yet (what `init` leaves)
+    cli("worker", "--once")
+    entries = pipeline.ledger.list()
+    assert {e.state for e in entries} == {State.FAILED} and all(e.attempts == 0 for e in entries)
+    assert all("Aucune destination configurée" in e.reason for e in entries)
+    assert all(e.snapshot is not None for e in entries)  # re-read while waiting
+    assert "none configured" in cli("status") and pipeline.recyclic_app.store.sales == {}
+
+    path.write_text(head + f'[sources.lab.sink]\ntype = "file"\npath = "{out}"\n')
+    cli("ledger", "retry", "--source", "lab")
+    cli("worker", "--once")
+    assert {e.state for e in pipeline.ledger.list()} == {State.FORWARDED} and len(out.read_text().splitlines()) == 2
+
+    path.write_text(with_recyclic)  # the operator now points the source at Recyclic
+    assert "0 entries" in cli("ledger", "release", "--source", "lab")  # release never touched forwarded ones…
+    for _ in range(2):  # … resend does, and twice changes nothing in Recyclic
+        assert "2 entries queued" in cli("ledger", "resend", "--source", "lab", "--state", "forwarded")
+        cli("worker", "--once")
+        assert {e.state for e in pipeline.ledger.list()} == {State.FORWARDED}
+        by_tab = pipeline.sales_by_tab()
+        assert set(by_tab) >= EXPECTED_TABS and set(by_tab.values()) == {1}
+        assert len(pipeline.recyclic_app.store.sessions) == 2
+
+    path.write_text(head + f'[sources.lab.sink]\ntype = "file"\npath = "{out}"\n')
+    cli("ledger", "resend", "--source", "lab", "--state", "forwarded")
+    cli("worker", "--once")
+    assert len(out.read_text().splitlines()) == 2  # found in the file: not written again

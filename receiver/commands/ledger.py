@@ -9,6 +9,7 @@ import click
 
 from receiver.commands.context import current_app_services
 from receiver.ledger import Entry, State
+from receiver.sinks.registry import kind_of
 
 
 @click.group("ledger")
@@ -155,6 +156,32 @@ def release(refs, source, states) -> None:
                           reason="Libérée par un opérateur.", snapshot=None, mapped=None, attempts=0,
                           next_attempt_at=None)
     click.echo(f"{len(chosen)} entr{'y' if len(chosen) == 1 else 'ies'} released.")
+
+
+@ledger_group.command("resend")
+@_bulk_options
+def resend(refs, source, states) -> None:
+    """Forward entries again, to the sink configured now (e.g. after replacing a file sink by Recyclic).
+
+    Each session is re-read, re-mapped and delivered again. Safe: what the current destination already
+    holds is found there and not sent twice (Recyclic: by its sessions and the sales' notes; a file: by the
+    document id in it; a webhook: the same webhook-id, for the receiver to deduplicate).
+
+    Example: paheko-recyclic ledger resend --source lab --state forwarded
+    """
+    svc = current_app_services()
+    ledger = svc.ledger
+    chosen = _select(refs, source, states, (State.FORWARDED, State.HELD, State.FAILED, State.DEAD))
+    for e in chosen:
+        sink = svc.config.sources[e.source].sink if e.source in svc.config.sources else None
+        if sink is None:
+            click.echo(f"  skipped entry {e.id} ({e.source}:{e.session_id}): its source has no sink configured")
+            continue
+        kind = kind_of(sink)
+        ledger.forget_documents(e.id)  # a document sink looks in its destination again; Recyclic keeps its map
+        ledger.transition(e.id, State.NOTIFIED, reason=f"Renvoi demandé vers la destination actuelle ({kind}).",
+                          snapshot=None, mapped=None, attempts=0, next_attempt_at=None)
+    click.echo(f"{len(chosen)} entr{'y' if len(chosen) == 1 else 'ies'} queued for resending.")
 
 
 @ledger_group.command("hold")

@@ -121,6 +121,9 @@ def status() -> None:
         last_poll = svc.ledger.get_value(f"last_poll:{src.name}")
         pending = sum(states.get(s.value, 0) for s in (State.NOTIFIED, State.SNAPSHOT, State.MAPPED))
         click.echo(f"Source {src.name} ({src.paheko.url})")
+        if src.sink is None:
+            click.echo("  sink: none configured — sessions are re-read, then wait (« aucune destination configurée »)"
+                       f"; add [sources.{src.name}.sink] and restart the worker")
         click.echo(f"  last notification: {local(info['last_notification'], src.timezone)}"
                    f"   last poll: {local(datetime.fromisoformat(last_poll), src.timezone) if last_poll else '-'}")
         click.echo(f"  forwarded {states.get('forwarded', 0)}, pending {pending}, failed {states.get('failed', 0)}, "

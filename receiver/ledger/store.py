@@ -519,6 +519,13 @@ class Ledger:
                 t.forwards.c.entry_id == entry_id, t.forwards.c.kind == kind, t.forwards.c.paheko_id == paheko_id,
                 t.forwards.c.status == "sending"))
 
+    def forget_documents(self, entry_id: int) -> int:
+        """Drop an entry's ``document`` records (webhook and file sinks), so that a resend asks the destination
+        itself whether it holds the document; Recyclic's records (its ids) are kept."""
+        with self._write() as conn:
+            return conn.execute(t.forwards.delete().where(
+                t.forwards.c.entry_id == entry_id, t.forwards.c.kind == "document")).rowcount
+
     def forward_owner(self, kind: str, sink_id: str) -> Entry | None:
         """The entry whose forward log records ``sink_id`` (e.g. which Paheko session a Recyclic session is)."""
         with self.engine.connect() as conn:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from marshmallow import INCLUDE, Schema, fields, post_load, validate
 
+from receiver.outcomes import Waiting
 from receiver.sinks import file, recyclic, webhook
 
 if TYPE_CHECKING:
@@ -47,21 +48,34 @@ class SinkSchema(Schema):
         return SINKS[kind].ConfigSchema().load(data)
 
 
-def kind_of(config: SinkConfig | None) -> str:
-    """The ``type`` of a loaded sink table (``file`` for none: the default)."""
-    if config is None:
-        return file.KIND
+#: Why an entry waits when its source has no ``[sources.NAME.sink]`` table (French, for the Paheko admin).
+NO_SINK = ("Aucune destination configurée pour cette source : la session attend. Ajoutez la section "
+           "[sources.{source}.sink] (type « recyclic », « webhook » ou « file ») à la configuration du récepteur "
+           "et redémarrez le worker ; elle partira alors d'elle-même.")
+
+
+class NoSink(Waiting):
+    """The source has no sink: its sessions wait (re-read, not mapped or sent) until one is configured."""
+
+    def __init__(self, source: str):
+        super().__init__(NO_SINK.format(source=source), f"source {source!r} has no [sink] table", NO_SINK_RECHECK)
+
+
+#: Seconds between two looks at a session waiting for a destination.
+NO_SINK_RECHECK = 300.0
+
+
+def kind_of(config: SinkConfig) -> str:
+    """The ``type`` of a loaded sink table."""
     for package in PACKAGES:
         if isinstance(config, package.Config):
             return package.KIND
     raise TypeError(f"not a sink configuration: {config!r}")
 
 
-def build_sink(config: SinkConfig | None, *, source_name: str, ledger: Ledger) -> Sink:
-    """The sink of one source (``None``: the default file sink, beside a SQLite ledger)."""
-    kind = kind_of(config)
-    return SINKS[kind].build(config if config is not None else file.Config(), source_name=source_name,
-                             ledger=ledger)
+def build_sink(config: SinkConfig, *, source_name: str, ledger: Ledger) -> Sink:
+    """The sink of one source, from its loaded ``[sink]`` table."""
+    return SINKS[kind_of(config)].build(config, source_name=source_name, ledger=ledger)
 
 
 class SinkPool:
@@ -74,6 +88,9 @@ class SinkPool:
         self._lock = threading.Lock()
 
     def get(self, source: Source) -> Sink:
+        """The source's sink; :class:`NoSink` (a :class:`~receiver.outcomes.Waiting`) when it has none."""
+        if source.sink is None:
+            raise NoSink(source.name)
         with self._lock:
             sink = self._sinks.get(source.name)
             if sink is None:
