@@ -23,16 +23,7 @@ from receiver.dev.server import LocalServer
 from receiver.outcomes import MustAct, NotSent, RetryLater
 from receiver.sinks.recyclic.sink import RecyclicSink
 from tests.forward_support import OPERATOR, Swappable, deliver, mapped_session, new_entry, new_ledger, plug
-from tests.test_pipeline import EXPECTED_TABS, build
-
-
-@pytest.fixture
-def pipeline(tmp_path):
-    p = build(tmp_path)
-    yield p
-    for server in p._servers:
-        server.stop()
-    p.ledger.close()
+from tests.test_pipeline import EXPECTED_TABS, pipeline  # noqa: F401 (the end-to-end fixture)
 
 
 def flush_idempotency(recyclic_app) -> None:
@@ -72,6 +63,7 @@ def test_restoring_an_old_ledger_backup_then_forwarding_again_duplicates_nothing
         records = pipeline.ledger.forwards_of(entry.id)
         assert all(f.status == "done" for f in records.values())
         assert any("Retrouvé" in (f.detail or "") for (kind, _), f in records.items() if kind == "sale")
+        assert any("retrouvée" in n["text"] for n in pipeline.ledger.notes_of(entry.id))  # and says so
 
 
 def test_deleting_the_ledger_then_forwarding_again_duplicates_nothing(pipeline):

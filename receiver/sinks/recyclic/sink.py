@@ -206,7 +206,11 @@ class _Delivering:
                 "la session : les tickets absents seront envoyés, ceux déjà présents ne le seront pas.")
         chosen = mine[0] if mine else next(d for kind, d in candidates if kind == "empty")
         self.remote = chosen
-        if not mine:
+        if mine:
+            self.log.note(f"Session Recyclic {chosen['id']} retrouvée avec {len(chosen['sales'])} ticket(s) de cette "
+                          "session (le registre du récepteur l'ignorait : restauré, effacé ou en retard) : reprise, "
+                          "rien n'est envoyé en double.")
+        else:
             self.log.note(f"Session Recyclic {chosen['id']} déjà ouverte pour cette session (vide, ouverte le "
                           f"{when:%d/%m/%Y à %H:%M:%S}) : reprise, aucune autre n'est ouverte.")
         for kind, detail in candidates:
@@ -285,8 +289,9 @@ class _Delivering:
         """Another session is open for this operator or register (a live opening refused): say which, and
         retry later — it is either another Paheko session's, closed when that one is, or a person's."""
         opening = self.mapped.opening
-        blocking = [r for f in ({"register_id": opening.register_id}, {"operator_id": opening.operator_id})
-                    if next(iter(f.values())) for r in self.list_sessions(status="open", site_id=opening.site_id, **f)]
+        blocking = [r for r in self.list_sessions(status="open", site_id=opening.site_id)
+                    if (opening.register_id and r.get("register_id") == opening.register_id)
+                    or r.get("operator_id") == opening.operator_id]  # Recyclic ignores a register filter
         names = []
         for row in {r["id"]: r for r in blocking}.values():
             owner = self.log.ledger.forward_owner("session", row["id"])
