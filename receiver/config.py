@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, pre_load, validate, validates_schema
 
 from receiver.schemas import Secret, SecretField, check_http_url
 from receiver.sinks.recyclic.mapping.config import Mapping, MappingSchema
-from receiver.sinks.registry import SinkConfig, SinkSchema
+from receiver.sinks.registry import SinkConfig, SinkSchema, prepare_source
 
 __all__ = ["Config", "ConfigError", "PahekoApi", "Secret", "SecretField", "Source", "check_http_url",
            "load_config", "parse_config"]
@@ -166,6 +166,11 @@ class SourceSchema(_Strict):
     paheko = fields.Nested(PahekoApiSchema, required=True)
     mapping = fields.Nested(MappingSchema, load_default=Mapping)
     sink = fields.Nested(SinkSchema, load_default=None)
+
+    @pre_load
+    def sink_first(self, data, **kwargs):
+        """Let the sink's package settle what its tables share (Recyclic: ``profile``)."""
+        return prepare_source(data)
 
 
 class ReceiverSettingsSchema(_Strict):

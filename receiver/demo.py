@@ -66,7 +66,6 @@ api_user = "{paheko_key[0]}"
 api_password = "{paheko_key[1]}"
 
 [sources.lab.mapping]
-profile = "v2"
 close_session = true
 default_operator = "{DEFAULT_USERS[1].id}"
 
@@ -86,6 +85,7 @@ refunds = "skip"
 
 [sources.lab.sink]
 type = "recyclic"
+profile = "v2"
 url = "{recyclic_url}/v1"
 username = "{MACHINE_USER.username}"
 password = "{MACHINE_USER.password}"

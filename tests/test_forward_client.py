@@ -146,4 +146,39 @@ secret = "not-whsec"
     ]
     for name in ("lab", "other"):
         del document["sources"][name]["sink"]
-    assert parse_config(document).sources["lab"].sink is None  # the default file sink
+    assert parse_config(document).sources["lab"].sink is None  # no sink: sessions wait
+
+
+def _source_with(sink_profile: str | None, mapping_profile: str | None, methods: str = "") -> dict:
+    text = """
+[sources.lab.webhook]
+user = "u"
+password = "p"
+[sources.lab.paheko]
+url = "http://paheko.invalid"
+api_user = "k"
+api_password = "x"
+[sources.lab.mapping]
+""" + (f'profile = "{mapping_profile}"\n' if mapping_profile else "") + methods + """
+[sources.lab.sink]
+type = "recyclic"
+url = "https://r.example.org/api/v1"
+username = "u"
+password = "p"
+""" + (f'profile = "{sink_profile}"\n' if sink_profile else "")
+    return tomllib.loads(text)
+
+
+def test_the_recyclic_line_is_the_sinks_setting_and_the_mapping_follows_it():
+    lab = parse_config(_source_with("legacy", None)).sources["lab"]
+    assert lab.sink.profile == lab.mapping.profile == "legacy" and lab.mapping.close_session is True
+    old_place = parse_config(_source_with(None, "legacy")).sources["lab"]  # where it used to be: still read
+    assert old_place.sink.profile == old_place.mapping.profile == "legacy"
+    default = parse_config(_source_with(None, None)).sources["lab"]
+    assert default.sink.profile == default.mapping.profile == "v2" and default.mapping.close_session is False
+    with pytest.raises(ConfigError) as both:
+        parse_config(_source_with("legacy", "v2"))
+    assert any("keep profile in the sink table" in p for p in both.value.problems)
+    with pytest.raises(ConfigError) as codes:  # 1.3's payment codes are checked against the sink's line
+        parse_config(_source_with("legacy", None, 'methods = { "Virement" = "transfer" }\n'))
+    assert any("legacy profile" in p for p in codes.value.problems)

@@ -121,7 +121,8 @@ def test_suggest_paheko_side(paheko_config):
     m = document["sources"]["lab"]["mapping"]
     assert m["categories"] == {"Vêtements": CLOTHES, "Adhésion": "membership"}  # kept; membership by name
     assert m["methods"] == {"Espèces": "cash", "Chèque": "check", "CB": "card", "Monnaie locale": "cash"}
-    assert m["policies"]["refunds"] == "hold" and m["profile"] == "v2"
+    assert m["policies"]["refunds"] == "hold" and "profile" not in m
+    assert 'profile = "v2" in [sources.lab.sink]' in text  # the Recyclic line is the sink's setting
     assert '# "Boutique principale" = { site = "SITE-UUID"' in text
     assert '# "Alice (bénévole)" = "USER-UUID"' in text and '# "Livres" = "CATEGORY-UUID"' in text
     assert '# "Ardoise": Ardoise / porte-monnaie' in text

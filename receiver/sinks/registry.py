@@ -1,7 +1,8 @@
 """The sink registry: a ``[sources.NAME.sink]`` table's ``type`` → the package that implements it.
 
 Adding a destination = one package under ``receiver/sinks/`` (see :mod:`receiver.sinks`) + one line in
-:data:`PACKAGES`.
+:data:`PACKAGES`. A package may also export ``prepare_source(table) -> table``, applied to its raw
+``[sources.NAME]`` table before loading.
 """
 
 from __future__ import annotations
@@ -63,6 +64,15 @@ class NoSink(Waiting):
 
 #: Seconds between two looks at a session waiting for a destination.
 NO_SINK_RECHECK = 300.0
+
+
+def prepare_source(source: Any) -> Any:
+    """A raw ``[sources.NAME]`` table as its sink package wants it before loading (optional hook
+    ``prepare_source`` of a package: e.g. Recyclic's ``profile`` shared by its sink and mapping tables)."""
+    sink = source.get("sink") if isinstance(source, dict) else None
+    package = SINKS.get(sink.get("type")) if isinstance(sink, dict) else None
+    hook = getattr(package, "prepare_source", None)
+    return hook(source) if hook else source
 
 
 def kind_of(config: SinkConfig) -> str:

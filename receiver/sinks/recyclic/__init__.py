@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from receiver.sinks.recyclic.config import RecyclicSinkConfig
+from receiver.sinks.recyclic.config import RecyclicSinkConfig, prepare_source
 from receiver.sinks.recyclic.config import RecyclicSinkSchema as ConfigSchema
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 KIND = "recyclic"
 Config = RecyclicSinkConfig
 
-__all__ = ["KIND", "Config", "ConfigSchema", "build"]
+__all__ = ["KIND", "Config", "ConfigSchema", "build", "prepare_source"]
 
 
 def build(config: RecyclicSinkConfig, *, source_name: str, ledger: Ledger) -> RecyclicSink:

@@ -49,7 +49,9 @@ class Policies:
 
 @dataclass(frozen=True)
 class Mapping:
-    """A source's mapping; the empty default maps nothing. ``close_session`` defaults to True for the legacy
+    """A source's mapping; the empty default maps nothing. ``profile`` is the Recyclic line, configured in the
+    sink table (:func:`receiver.sinks.recyclic.config.prepare_source` copies it here; the mapping table
+    still accepts it, as before). ``close_session`` defaults to True for the legacy
     profile (Recyclic 1.3 refuses a second open session per operator or register) and False for v2 (a v2
     close needs a PIN and a Paheko close mapping, and queues an accounting entry Paheko already booked)."""
 

@@ -130,7 +130,8 @@ def render_suggestion(source: str, names: PahekoNames, current: Mapping, recycli
     t = f"sources.{source}.mapping"
     lines = [f"# Suggested by `paheko-recyclic mapping suggest --source {source}`: review every line.",
              "# Commented lines need an id from Recyclic; unmapped names hold their sessions.",
-             f"[{t}]", f'profile = "{profile}"',
+             f"# Recyclic line: profile = \"{profile}\" in [sources.{source}.sink].",
+             f"[{t}]",
              f"close_session = {'true' if current.close_session else 'false'}"]
     if current.default_operator:
         lines.append(f'default_operator = "{current.default_operator}"')
