@@ -258,8 +258,10 @@ def test_status_shows_reason_when_held(client, ledger):
 
     ledger.transition(ledger.get("lab", 2).id, State.HELD, reason="Catégorie « Vêtements » non reliée.")
     sessions = client.post("/api/paheko/caisse/v1/status", json={"sessions": [2]}, headers=basic()).get_json()["sessions"]
-    assert sessions["2"] == {"state": "held", "state_label": "bloquée : une action est nécessaire",
-                             "reason": "Catégorie « Vêtements » non reliée.", "notes": []}
+    view = {k: sessions["2"][k] for k in ("state", "state_label", "reason", "tone", "label")}
+    assert view == {"state": "held", "state_label": "bloquée : une action est nécessaire",
+                    "reason": "Catégorie « Vêtements » non reliée.", "tone": "check", "label": "à vérifier"}
+    assert sessions["2"]["admin_reason"].startswith("Catégorie « Vêtements » non reliée.")
 
 
 def test_status_carries_the_sinks_notes(client, ledger):

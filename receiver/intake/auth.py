@@ -68,7 +68,7 @@ def authenticate(config: Config, throttle: FailureThrottle, address: str, author
     if wait is not None:
         raise AuthFailure(429, f"Trop d'échecs d'authentification : réessayez dans {wait} s.", wait)
     if authorization is None or authorization.type != "basic" or not authorization.username:
-        raise AuthFailure(401, "Identifiants manquants : le module doit envoyer son utilisateur et son mot de passe.")
+        raise AuthFailure(401, "Identifiants manquants : le module doit envoyer son identifiant et son mot de passe.")
     user = authorization.username
     password = (authorization.password or "").encode()
     source = config.source_for_webhook_user(user)
@@ -82,5 +82,5 @@ def authenticate(config: Config, throttle: FailureThrottle, address: str, author
         # Unknown users cost a comparison too.
         hmac.compare_digest(password, b"x" * max(1, len(password)))
         throttle.record_failure(address)
-        raise AuthFailure(403, "Identifiants refusés : vérifiez l'utilisateur et le mot de passe dans la configuration du module.")
+        raise AuthFailure(403, "Identifiants refusés : vérifiez l'identifiant et le mot de passe dans la configuration du module.")
     return source

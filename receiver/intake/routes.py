@@ -20,7 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 from receiver.intake.auth import AuthFailure, authenticate
 from receiver.intake.schema import load_notification, summary_of
-from receiver.ledger import Entry, State
+from receiver.intake.status import notification_message, ping_message, session_view
 from receiver.services import services
 
 bp = Blueprint("intake", __name__, url_prefix="/api/paheko/caisse")
@@ -45,18 +45,6 @@ def error(status: int, message: str, **headers) -> Response:
     response.status_code = status
     response.headers.update(headers)
     return response
-
-
-def state_view(entry: Entry | None, notes: list[str] | None = None) -> dict:
-    """A session's state for the module; ``notes``: what the sink did that the admin should know (an orphan
-    session closed in Recyclic, a ticket found already there, …), from :meth:`Ledger.notes_for`."""
-    state = entry.state if entry else State.UNKNOWN
-    return {
-        "state": state.value,
-        "state_label": state.label,
-        "reason": entry.reason if entry and state in (State.HELD, State.FAILED, State.DEAD) else None,
-        "notes": notes or [],
-    }
 
 
 @bp.before_request
@@ -107,11 +95,7 @@ def session_closed():
     )
     svc.metrics.notifications.labels(source=g.source.name, outcome=recorded.outcome).inc()
     entry = recorded.entry
-    message = {
-        "new": f"Session {entry.session_id} reçue par le récepteur.",
-        "duplicate": f"Session {entry.session_id} déjà reçue : rien de nouveau.",
-        "changed": f"Session {entry.session_id} déjà reçue, mais ses chiffres ont changé : c'est noté.",
-    }[recorded.outcome]
+    message = notification_message(recorded.outcome, entry.session_id)
     current_app.logger.info(
         "notification accepted",
         extra={"event": "notification", "source": g.source.name, "session_id": entry.session_id,
@@ -125,7 +109,7 @@ def session_closed():
         "outcome": recorded.outcome,
         "source": g.source.name,
         "session_id": entry.session_id,
-        **state_view(entry),
+        **session_view(entry),
         "message": message,
     }
     return jsonify(payload), 201 if recorded.is_new else 200
@@ -151,7 +135,7 @@ def status():
     ledger = services().ledger
     entries = ledger.get_many(g.source.name, ids)
     notes = ledger.notes_for(g.source.name, ids)
-    return jsonify(source=g.source.name, sessions={str(i): state_view(entries.get(i), notes.get(i)) for i in ids})
+    return jsonify(source=g.source.name, sessions={str(i): session_view(entries.get(i), notes.get(i)) for i in ids})
 
 
 @route("v1/ping", methods=["GET", "POST"])
@@ -161,7 +145,7 @@ def ping():
     return jsonify(
         status="ok",
         source=g.source.name,
-        message=f"Connexion réussie : le récepteur reconnaît ce Paheko (source « {g.source.name} »).",
+        message=ping_message(g.source.name),
     )
 
 
