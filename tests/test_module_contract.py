@@ -110,8 +110,8 @@ def module_payload(module: Path, db: sqlite3.Connection, session_id: int) -> dic
     """The body the module sends for ``session_id`` (first attempt), computed from its templates."""
     contract = {k: _unquote(v) for k, v in _assign(module / "_contract.html", "contract").items()}
     sql, _params = _select(module / "_send.html", "pending.")
-    sessions = _run(db, sql, {"columns": contract["session_columns"], "filter": f"s.id = {session_id}"},
-                    {"first": 1, "limit": 10})
+    sessions = _run(db, sql, {"columns": contract["session_columns"], "filter": f"s.id = {session_id}", "done": "0"},
+                    {"limit": 10})
     assert len(sessions) == 1, f"session {session_id} is not a closed session of the fixture"
     notify = module / "_notify_session.html"
     sql, _params = _select(notify, "payments.")
@@ -226,3 +226,68 @@ def test_schema_change_breaks_the_contract():
         location_id = fields.Integer(required=True)
 
     assert "field 'location_id' is not built by the module" in contract_problems(MODULE, Extended)
+
+
+# The pending query: which sessions the module notifies, in which order (facts §5: with
+# "s.id"|sql_where the module re-sent every acknowledged session on each home view — 49 notifications
+# for 7 sessions — and never reached new ones beyond batch_size).
+
+def _done_subquery(module: Path, table: str) -> str:
+    for tag in _tags(module / "_send.html"):
+        value = parse_params(tag.body).get("done", "") if tag.kind == "function" and tag.name == "assign" else ""
+        if "json_extract" in value:
+            return evaluate(value, {"module": {"table": table}}, module / "_send.html")
+    raise AssertionError("_send.html: no done= subquery")
+
+
+def pending_ids(db: sqlite3.Connection, records: dict[int, dict], *, first: int = 1, limit: int = 3) -> list[int]:
+    """Session ids _send.html would notify, given the module's records (session id → document)."""
+    db.execute("CREATE TABLE IF NOT EXISTS module_data_recyclic (id INTEGER PRIMARY KEY, key TEXT UNIQUE, document TEXT)")
+    db.execute("DELETE FROM module_data_recyclic")
+    db.execute("INSERT INTO module_data_recyclic (key, document) VALUES ('sending', '{\"left\": 2}')")
+    for sid, doc in records.items():
+        db.execute("INSERT INTO module_data_recyclic (key, document) VALUES (?, ?)",
+                   (f"session_{sid}", json.dumps({"kind": "session", "session_id": sid, **doc})))
+    contract = {k: _unquote(v) for k, v in _assign(MODULE / "_contract.html", "contract").items()}
+    sql, _params = _select(MODULE / "_send.html", "pending.")
+    rows = _run(db, sql, {"columns": contract["session_columns"], "filter": f"s.id >= {first}",
+                          "done": _done_subquery(MODULE, "module_data_recyclic")}, {"limit": limit})
+    return [row["id"] for row in rows]
+
+
+@pytest.fixture
+def seven_sessions(tmp_path) -> sqlite3.Connection:
+    """The caisse fixture with sessions 3..7 added (closed), like the lab's 7 sessions."""
+    db = sqlite3.connect(shutil.copy(CAISSE_DB, tmp_path / "caisse.sqlite"))
+    db.row_factory = sqlite3.Row
+    columns = [r[1] for r in db.execute("PRAGMA table_info(plugin_pos_sessions)")]
+    template = dict(db.execute("SELECT * FROM plugin_pos_sessions WHERE id = 2").fetchone())
+    for sid in range(3, 8):
+        row = {**template, "id": sid}
+        db.execute(f"INSERT INTO plugin_pos_sessions ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                   [row[c] for c in columns])
+    db.execute("INSERT INTO plugin_pos_sessions (id, opened) VALUES (8, '2026-12-01 10:00:00')")  # still open
+    yield db
+    db.close()
+
+
+def test_pending_is_oldest_first_and_skips_acknowledged_and_refused(seven_sessions):
+    sent, refused, failed = {"sent": True}, {"sent": False, "rejected": True}, {"sent": False, "error": "x"}
+    assert pending_ids(seven_sessions, {}) == [1, 2, 3]
+    assert pending_ids(seven_sessions, {1: sent, 2: sent, 3: sent}) == [4, 5, 6]
+    assert pending_ids(seven_sessions, {1: sent, 2: refused, 3: failed, 5: sent}) == [3, 4, 6]
+    everything = {sid: sent for sid in range(1, 8)}
+    assert pending_ids(seven_sessions, everything) == []  # nothing re-sent, the open session 8 neither
+    assert pending_ids(seven_sessions, {**everything, 7: failed}, limit=10) == [7]
+    assert pending_ids(seven_sessions, {}, first=6) == [6, 7]
+
+
+def test_n_sessions_over_m_home_views_are_notified_n_times(seven_sessions):
+    """Simulates runs of the module: each run notifies its pending batch and records the acknowledgements."""
+    records: dict[int, dict] = {}
+    notified: list[int] = []
+    for _view in range(10):
+        for sid in pending_ids(seven_sessions, records):
+            notified.append(sid)
+            records[sid] = {"sent": True}
+    assert sorted(notified) == list(range(1, 8)) and len(notified) == 7

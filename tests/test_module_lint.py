@@ -22,7 +22,13 @@ GOOD = """\
   {{#load key="m_%d"|args:$row.id}}{{$label|escape}}{{else}}-{{/load}}
 {{/foreach}}
 {{if $a || $b|count > 1}}a{{elseif !$c}}c{{else}}d{{/if}}
-{{:api method="POST" url=$url user=$user password=$password path="x" body=$payload fail=false assign="r" assign_code="code"}}
+{{if $force || $sending.next_try <= $now}}
+  {{:api method="POST" url=$url user=$user password=$password path="x" body=$payload fail=false assign="r" assign_code="code"}}
+{{/if}}
+{{:assign filter="id"|sql_where:"NOT IN":$ids}}
+{{:input type="password" name="password" label="Mot de passe"}}
+{{if $module.config.password}}saved{{/if}}
+{{:save key="config" password=$password}}
 {{:api method="POST" path="sql" sql="SELECT 1" assign="local"}}
 {{#define modifier="twice"}}{{:return value=$params.0}}{{/define}}
 {{$x|twice}}
@@ -65,9 +71,97 @@ def test_good_template_passes():
     ('{{:api url="https://" user="KEY:SECRET" password=$h path="x" body=$b fail=false assign_code="c"}}', "E501"),
     ('{{:assign u="https://bob:s3cret@example.org/"}}', "E501"),
     ('{{:include file="./missing.html"}}', "E605"),
+    # Observed on a real Paheko: "s.id"|sql_where produced "s.id" NOT IN (…), always true (49 sends for 7).
+    ('{{:assign filter="s.id"|sql_where:"NOT IN":$done_ids}}', "E320"),
+    ("{{:assign filter='\"id\"'|sql_where:\"=\":1}}", "E320"),
+    ('{{:assign filter="[id]"|sql_where:"=":1}}', "E320"),
+    # Observed: the status call on every view of the module page, 10 s each while the receiver hung.
+    ('{{:api method="GET" url=$u user=$n password=$p path="x" body=$b fail=false assign_code="c"}}', "E330"),
+    ('{{if $ok}}{{:api method="GET" url=$u user=$n password=$p path="x" body=$b fail=false assign_code="c"}}{{/if}}',
+     "E330"),
+    # Anything that can print a secret.
+    ("{{$module.config.password}}", "E502"),
+    ("<code>{{$api_password|escape}}</code>", "E502"),
+    ("{{$module.config|json_encode}}", "E502"),
+    ("{{:debug}}", "E502"),
+    ('{{:input type="password" name="password" source=$module.config}}', "E502"),
+    ('{{:input type="password" name="password" default=$suggested}}', "E502"),
+    ('{{:linkbutton label="x" href="?p=%s"|args:$module.config.password}}', "E502"),
+    ('{{:error message="Mot de passe %s refusé"|args:$password}}', "E502"),
 ])
 def test_each_rule_fails(text, code):
     assert code in codes(text)
+
+
+@pytest.mark.parametrize("text", [
+    '{{:assign filter="id"|sql_where:"NOT IN":$done_ids}}',
+    '{{if !$sending.next_try || $sending.next_try <= $now}}'
+    '{{:api method="GET" url=$u user=$n password=$p path="x" body=$b fail=false assign_code="c"}}{{/if}}',
+    '{{if $suspended}}-{{elseif $backoff.armed}}-{{else}}'
+    '{{:api method="GET" url=$u user=$n password=$p path="x" body=$b fail=false assign_code="c"}}{{/if}}',
+    '{{:api method="POST" path="sql" sql="SELECT 1" assign="local"}}',  # internal call: no network
+    "{{if $module.config.password}}un mot de passe est enregistré{{/if}}",
+    '{{:input type="password" name="password" label="Mot de passe"}}',
+    '{{:include file=$f check_password=$password}}',
+    "{{$module.config.host}}",
+])
+def test_each_rule_passes_its_good_form(text):
+    assert [c for c in codes(text) if c in {"E320", "E330", "E502"}] == []
+
+
+def _with_files(module: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (module / name).parent.mkdir(parents=True, exist_ok=True)
+        (module / name).write_text(text, encoding="utf-8")
+    return module
+
+
+API = ('{{if $s.next_try <= $now}}{{:api method="POST" url=$u user=$n password=$p path="x" body=$b fail=false '
+       'assign_code="c"}}{{/if}}')
+
+
+@pytest.mark.parametrize(("files", "code"), [
+    # Observed: snippets/home_button.html → _send.html → _notify_session.html → _api.html gave HTTP 500 on
+    # /admin/ for every member, the password printed, when Paheko refused the receiver's address.
+    ({"snippets/home_button.html": '{{:include file="../_send.html"}}', "_send.html": '{{:include file="./_api.html"}}',
+      "_api.html": API}, "E310"),
+    ({"snippets/home_button.html": API}, "E310"),
+    ({"index.html": '{{:admin_header title="x"}}{{:include file="./_api.html"}}{{:admin_footer}}', "_api.html": API},
+     "E310"),
+    ({"snippets/home_button.html": '{{:include file=$which}}'}, "E311"),
+    ({"index.html": '{{#select id FROM t;}}{{:include file="./_one.html"}}{{/select}}',
+      "_one.html": '{{:include file="./_two.html"}}', "_two.html": '{{#load key="x"}}{{/load}}'}, "E402"),
+    ({"index.html": '{{#load}}{{:include file="./_one.html"}}{{/load}}', "_one.html": '{{:save key="x" a=1}}'},
+     "E402"),
+])
+def test_module_rules_across_includes_fail(tmp_path, files, code):
+    module = _with_files(_module(tmp_path), files)
+    assert code in [p.code for p in check_module(module)]
+
+
+def test_module_rules_across_includes_pass_their_good_form(tmp_path):
+    """The design the module follows: the snippet and the pages only draw; the call is in a background page."""
+    module = _with_files(_module(tmp_path), {
+        "snippets/home_button.html": '{{:include file="../_state.html"}}'
+                                     '<script>fetch({{"%ssend.html"|args:$module.url|json_encode|raw}})</script>',
+        "_state.html": '{{#load key="sending" assign="sending"}}{{/load}}',
+        "index.html": '{{:admin_header title="x"}}{{:include file="./_state.html"}}{{:admin_footer}}',
+        "send.html": '{{#select id FROM t; assign="rows."}}{{/select}}'
+                     '{{#foreach from=$rows}}{{:include file="./_api.html"}}{{/foreach}}',
+        "_api.html": API,
+    })
+    assert check_module(module) == []
+
+
+@pytest.mark.parametrize(("doc_url", "ok"), [
+    ("!../m/demo/doc.html", True), ("https://example.org/doc", True),
+    ("!../m/demo/missing.html", False), ("!../m/other/doc.html", False), ("doc.html", False),
+])
+def test_doc_url_may_name_the_in_app_help(tmp_path, doc_url, ok):
+    module = _module(tmp_path, f'name="x"\ndescription="d"\nauthor="a"\ndoc_url="{doc_url}"\n'
+                               "restrict_section=accounting\nrestrict_level=read\n")
+    (module / "doc.html").write_text("aide")
+    assert ("E603" not in [p.code for p in check_module(module)]) == ok
 
 
 def test_positions_and_format():

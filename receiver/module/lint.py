@@ -12,8 +12,19 @@ page runs ``snippets/home_button.html`` on every view):
 - ``{{:api}}`` calls to an external server (with ``url=``): ``body=`` an array variable (a missing
   body or a JSON string kills the page with a PHP TypeError), ``fail=false`` and ``assign_code=``
   (4xx/5xx never raise; the code is the only way to know);
-- no ``{{#load}}`` inside an open SQL loop (``{{#select}}``, ``{{#sql}}``…): it locks the database;
-- no secret written in a template (literal password, token, credentials in a URL);
+- no ``{{#load}}`` inside an open SQL loop (``{{#select}}``, ``{{#sql}}``…), nor an ``{{:include}}`` of a
+  template that loads or saves: it locks the database;
+- no ``{{:api}}`` reachable from a snippet (``snippets/*.html`` run inside Paheko's own pages: any error
+  there, including the template error Paheko raises when it refuses the address, takes the page down
+  for every member and prints the call's parameters, password included), nor from a page drawn for
+  people (one with ``{{:admin_header}}``): calls belong to pages the browser loads in the background;
+- every external ``{{:api}}`` inside an ``{{if}}`` testing the back-off (a condition naming ``next_try``
+  or ``backoff``): an unreachable receiver costs 10 s per call;
+- ``sql_where`` applied to a dotted or quoted name (``"s.id"|sql_where:…``): Paheko quotes it as one
+  identifier, which SQLite then reads as a string, and the condition is always true;
+- no secret written in a template (literal password, token, credentials in a URL), nor printed
+  (output of a password/secret/token variable or of ``$module.config``, ``{{:debug}}``, a password
+  field filled from the configuration, a secret passed to a function that prints its parameters);
 - ``{{:include}}`` of a relative file that does not exist;
 - the module's technical name and ``module.ini`` (required keys, access restriction, booleans).
 
@@ -34,7 +45,7 @@ FUNCTIONS = frozenset({
     "assign", "break", "continue", "return", "exit", "yield", "redirect", "debug", "error", "http",
     "include", "read", "captcha", "mail", "api", "csv", "call", "signature", "admin_header",
     "admin_footer", "password_input", "form_errors", "input", "button", "link", "linkbutton",
-    "linkmenu", "exportmenu", "icon", "dropdown", "delete_form", "user_field", "edit_user_field",
+    "linkmenu", "exportmenu", "icon", "tag", "dropdown", "delete_form", "user_field", "edit_user_field",
     "admin_files", "delete_file", "save", "delete", "table", "column",
 })
 # Brindille core + Paheko (Sections, compiled sections, module storage sections).
@@ -72,6 +83,12 @@ MODIFIERS = frozenset({
     "css_hex_extract_hsv", "abs", "format_phone_number", "get_country_name", "str_getcsv",
 })
 SECRET_PARAMS = frozenset({"password", "passwd", "secret", "token", "api_key", "apikey"})
+#: A variable path naming a secret: ``$module.config.password``, ``$api_password``…
+_SECRET_VAR = re.compile(r"\$[\w.]*(?:password|passwd|secret|token|api_?key)\w*", re.I)
+#: Functions that may take a secret without printing it (storage, variables, the call itself).
+_SECRET_SINKS = frozenset({"assign", "save", "include", "api", "return"})
+#: Where a condition guards a call with the back-off.
+_BACKOFF_WORDS = re.compile(r"next_try|backoff", re.I)
 
 INI_REQUIRED = ("name", "restrict_section", "restrict_level")
 INI_RECOMMENDED = ("description", "author", "doc_url")
@@ -308,17 +325,66 @@ def _check_include(source: _Source, tag: Tag) -> None:
         source.report(tag.offset, "E605", f"included file not found: {target}")
 
 
+_SQL_WHERE_ON_LITERAL = re.compile(r"(\"(?:\\.|[^\"\\])*\"|'(?:\\.|[^'\\])*')\s*\|\s*sql_where\b")
+
+
+def _check_sql_where(source: _Source, tag: Tag) -> None:
+    for match in _SQL_WHERE_ON_LITERAL.finditer(tag.body):
+        name = match.group(1)[1:-1]
+        if re.search(r"[.\"'`\[\]]", name):
+            source.report(
+                tag.offset, "E320",
+                f"sql_where on {match.group(1)}: Paheko quotes it as ONE identifier, which SQLite reads as a "
+                "string when no column has that name, so the condition is always true; use a plain column "
+                "name, or write the condition in the SQL",
+            )
+
+
+def _check_printed_secrets(source: _Source, tag: Tag) -> None:
+    if tag.kind == "output":
+        expression = tag.body.strip()
+        if _SECRET_VAR.search(expression) or re.match(r"\$module(\.config)?\s*(\||$)", expression):
+            source.report(tag.offset, "E502", f"prints a secret ({{{{{expression}}}}}): never show it, even to admins")
+        return
+    if tag.kind != "function":
+        return
+    if tag.name == "debug":
+        source.report(tag.offset, "E502", "{{:debug}} prints every variable, the module's configuration included")
+        return
+    params = parse_params(tag.body)
+    if tag.name in ("input", "password_input"):
+        field = _literal_text(params.get("name", ""))
+        if re.search(r"password|passwd|secret|token", field, re.I) and {"source", "default", "value"} & set(params):
+            source.report(tag.offset, "E502",
+                          f"field {field!r} filled from a value: the saved secret would be printed in the page")
+        return
+    if tag.name in _SECRET_SINKS:
+        return
+    for name, value in params.items():
+        if _SECRET_VAR.search(value):
+            source.report(tag.offset, "E502", f"{{{{:{tag.name}}}}} {name}= is given a secret: it prints it")
+
+
 def check_template(path: Path, text: str, words: Vocabulary = Vocabulary()) -> list[Problem]:
     """Every finding in one template's text."""
     source = _Source(path, text)
     tags = _tokenize(source)
     words = words.extended(tags)
     stack: list[tuple[Tag, bool]] = []  # (opening tag, else already seen)
+    conditions: list[str] = []  # per open block: its if/elseif conditions so far ("" for sections)
     for tag in tags:
         _check_names(source, tag, words)
         _check_secrets(source, tag)
+        _check_printed_secrets(source, tag)
+        _check_sql_where(source, tag)
         if tag.kind == "function" and tag.name == "api":
             _check_api(source, tag)
+            if "url" in parse_params(tag.body) and not any(_BACKOFF_WORDS.search(c) for c in conditions):
+                source.report(
+                    tag.offset, "E330",
+                    "external {{:api}} not guarded by the back-off: put it inside an {{if}} testing next_try "
+                    "(an unreachable receiver costs 10 s per call, on every view)",
+                )
         if tag.kind == "function" and tag.name == "include":
             _check_include(source, tag)
         if tag.kind in ("if", "elseif") and not tag.body.strip():
@@ -333,9 +399,13 @@ def check_template(path: Path, text: str, words: Vocabulary = Vocabulary()) -> l
                     "collect rows with assign= first, then loop with {{#foreach}}",
                 )
             stack.append((tag, False))
+            conditions.append("")
         elif tag.kind == "if":
             stack.append((tag, False))
+            conditions.append(tag.body)
         elif tag.kind in ("elseif", "else"):
+            if tag.kind == "elseif" and conditions:
+                conditions[-1] += " " + tag.body
             if not stack:
                 source.report(tag.offset, "E101", f"{{{{{tag.kind}}}}} outside any block")
             elif stack[-1][1]:
@@ -356,9 +426,12 @@ def check_template(path: Path, text: str, words: Vocabulary = Vocabulary()) -> l
                 if any(open_.name == tag.name for open_, _ in stack):
                     while stack and stack[-1][0].name != tag.name:
                         stack.pop()
+                        conditions.pop()
                     stack.pop()
+                    conditions.pop()
                 continue
             stack.pop()
+            conditions.pop()
     for opened, _ in stack:
         label = "{{if}}" if opened.kind == "if" else f"{{{{#{opened.name}}}}}"
         source.report(opened.offset, "E101", f"{label} is never closed")
@@ -384,7 +457,7 @@ def read_ini(path: Path) -> tuple[dict[str, tuple[str, int]], list[Problem]]:
     return values, problems
 
 
-def check_ini(root: Path) -> list[Problem]:
+def check_ini(root: Path, name: str | None = None) -> list[Problem]:
     """``module.ini``: required and recommended keys, access restriction, booleans."""
     path = root / "module.ini"
     if not path.is_file():
@@ -409,8 +482,15 @@ def check_ini(root: Path) -> list[Problem]:
         if key in values and values[key][0].lower() not in ("true", "false"):
             problems.append(Problem(path, at(key), 1, "E603", f"{key} must be true or false"))
     for key in ("doc_url", "author_url"):
-        if values.get(key, ("", 0))[0] and not re.match(r"https?://\S+$", values[key][0]):
-            problems.append(Problem(path, at(key), 1, "E603", f"{key} must be an http(s) address"))
+        value = values.get(key, ("", 0))[0]
+        in_app = re.fullmatch(r"!\.\./m/([a-z0-9_]+)/([\w.-]+\.html)", value) if key == "doc_url" else None
+        if in_app:
+            if in_app.group(1) != (name or root.name) or not (root / in_app.group(2)).is_file():
+                problems.append(Problem(path, at(key), 1, "E603",
+                                        f"doc_url names a page of this module that does not exist: {value}"))
+        elif value and not re.match(r"https?://\S+$", value):
+            problems.append(Problem(path, at(key), 1, "E603",
+                                    f"{key} must be an http(s) address (or !../m/NAME/page.html for doc_url)"))
     for key in values:
         if key not in INI_KNOWN:
             problems.append(Problem(path, at(key), 1, "W602", f"unknown key {key}"))
@@ -434,7 +514,7 @@ def check_module(root: Path, name: str | None = None) -> list[Problem]:
     problems: list[Problem] = []
     if not MODULE_NAME_RE.match(name):
         problems.append(Problem(root, 1, 1, "E601", f"module name {name!r} must match {MODULE_NAME_RE.pattern}"))
-    problems += check_ini(root)
+    problems += check_ini(root, name)
     files = template_files(root)
     texts = {path: path.read_text(encoding="utf-8") for path in files}
     words = Vocabulary()
@@ -442,7 +522,81 @@ def check_module(root: Path, name: str | None = None) -> list[Problem]:
         words = words.extended(tokenize(text))
     for path, text in texts.items():
         problems += check_template(path, text, words)
+    problems += check_reach(root, texts)
     return sorted(problems)
+
+
+def _include_target(path: Path, tag: Tag) -> Path | None | str:
+    """The file an ``{{:include}}`` names (resolved), ``"dynamic"`` when not a literal, None if absent."""
+    value = parse_params(tag.body).get("file", "")
+    target = _literal_text(value) if _is_string_literal(value) else ""
+    if not target or "$" in target or "%" in target:
+        return "dynamic"
+    resolved = (path.parent / target).resolve()
+    return resolved if resolved.is_file() else None
+
+
+def check_reach(root: Path, texts: dict[Path, str]) -> list[Problem]:
+    """Rules across ``{{:include}}``: what a snippet, a page drawn for people or an SQL loop reaches."""
+    tags = {path.resolve(): (path, tokenize(text)) for path, text in texts.items()}
+    problems: list[Problem] = []
+
+    def reach(start: Path) -> dict[Path, list[Path]]:
+        """Every template reachable from ``start`` with the include chain that leads to it."""
+        seen, todo = {start: [start]}, [start]
+        while todo:
+            current = todo.pop()
+            for tag in tags.get(current, (None, []))[1]:
+                if tag.kind == "function" and tag.name == "include":
+                    target = _include_target(tags[current][0], tag)
+                    if isinstance(target, Path) and target not in seen:
+                        seen[target] = seen[current] + [target]
+                        todo.append(target)
+        return seen
+
+    def has(path: Path, kind: str, names: tuple[str, ...]) -> bool:
+        return any(t.kind == kind and t.name in names for t in tags.get(path, (None, []))[1])
+
+    def chain(paths: list[Path]) -> str:
+        return " → ".join(p.relative_to(root.resolve()).as_posix() for p in paths)
+
+    for resolved, (path, template_tags) in tags.items():
+        source = _Source(path, texts[path])
+        relative = resolved.relative_to(root.resolve()).as_posix()
+        is_snippet = relative.startswith("snippets/")
+        is_page = any(t.kind == "function" and t.name == "admin_header" for t in template_tags)
+        if is_snippet or is_page:
+            where = "a snippet runs inside Paheko's own pages" if is_snippet else "this page is drawn for people"
+            for target, path_to in reach(resolved).items():
+                if has(target, "function", ("api",)):
+                    source.report(0, "E310", f"{{{{:api}}}} reachable ({chain(path_to)}): {where}, and a refused "
+                                  "address or a hang breaks it (and prints the call's password): call the receiver "
+                                  "from a page the browser loads in the background")
+            if is_snippet:
+                for tag in template_tags:
+                    if tag.kind == "function" and tag.name == "include" and _include_target(path, tag) == "dynamic":
+                        source.report(tag.offset, "E311", "dynamic {{:include}} in a snippet: what it runs cannot "
+                                      "be checked (write the file name)")
+        # {{:include}} of a template that loads or saves, inside an open SQL loop.
+        open_sections: list[str] = []
+        for tag in template_tags:
+            if tag.kind == "section":
+                open_sections.append(tag.name)
+            elif tag.kind == "close" and tag.name in open_sections:
+                while open_sections and open_sections.pop() != tag.name:
+                    pass
+            elif tag.kind == "function" and tag.name == "include" and any(n in SQL_LOOPS for n in open_sections):
+                target = _include_target(path, tag)
+                if not isinstance(target, Path):
+                    continue
+                for reached, path_to in reach(target).items():
+                    if has(reached, "section", ("load",)) or has(reached, "function", ("save",)):
+                        source.report(tag.offset, "E402", f"{{{{:include}}}} inside an SQL loop reaches "
+                                      f"{chain(path_to)}, which loads or saves: the database locks; collect rows "
+                                      "with assign= first, then loop with {{#foreach}}")
+                        break
+        problems += source.problems
+    return problems
 
 
 def check_path(path: Path, name: str | None = None) -> list[Problem]:
