@@ -23,11 +23,12 @@ def test_zip_holds_exactly_the_module_under_modules_name(tmp_path):
         contract = archive.read(f"modules/{MODULE_NAME}/_contract.html").decode()
         ini = archive.read(f"modules/{MODULE_NAME}/module.ini").decode()
         snippet = archive.read(f"modules/{MODULE_NAME}/snippets/home_button.html")
-    expected = {p.relative_to(MODULE).as_posix() for p in MODULE.rglob("*") if p.is_file()}
+    expected = {p.relative_to(MODULE).as_posix() for p in MODULE.rglob("*")
+                if p.is_file() and "screenshots" not in p.relative_to(MODULE).parts}
     assert all(name.startswith(f"modules/{MODULE_NAME}/") for name in names)
     assert {name.removeprefix(f"modules/{MODULE_NAME}/") for name in names} == expected
     assert len(names) == len(set(names))
-    assert {"module.ini", "config.html", "index.html", "snippets/home_button.html"} <= expected
+    assert {"module.ini", "config.html", "index.html", "snippets/home_button.html", "icon.svg", "help.md"} <= expected
     assert f'module_version="{__version__}"' in contract and 'module_version="dev"' not in contract
     assert f"; Version : {__version__}\n" in ini
     assert snippet == (MODULE / "snippets" / "home_button.html").read_bytes()
@@ -50,8 +51,10 @@ def test_hidden_files_are_left_out(tmp_path):
     (source / ".DS_Store").write_text("x")
     (source / "__pycache__").mkdir()
     (source / "__pycache__" / "x.pyc").write_text("x")
+    (source / "screenshots").mkdir()
+    (source / "screenshots" / "home.png").write_bytes(b"\x89PNG")
     with zipfile.ZipFile(build_zip(tmp_path / "out", source)) as archive:
-        assert not [n for n in archive.namelist() if ".DS_Store" in n or "__pycache__" in n]
+        assert not [n for n in archive.namelist() if ".DS_Store" in n or "__pycache__" in n or "screenshots" in n]
 
 
 def test_invalid_name_is_refused(tmp_path):

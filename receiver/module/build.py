@@ -35,12 +35,16 @@ def default_source() -> Path:
     return source
 
 
+#: Folders of the source that are not part of the module (the README's pictures: Paheko never shows them).
+NOT_SHIPPED = frozenset({"__pycache__", "screenshots"})
+
+
 def module_files(source: Path) -> list[Path]:
-    """Every file shipped in the ZIP, relative to ``source``: hidden files and caches excluded."""
+    """Every file shipped in the ZIP, relative to ``source``: hidden files, caches and screenshots excluded."""
     return sorted(
         path.relative_to(source) for path in source.rglob("*")
         if path.is_file()
-        and not any(part.startswith(".") or part == "__pycache__" for part in path.relative_to(source).parts)
+        and not any(part.startswith(".") or part in NOT_SHIPPED for part in path.relative_to(source).parts)
     )
 
 
