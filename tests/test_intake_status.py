@@ -134,3 +134,16 @@ def test_duplicate_notification_is_one_sentence(client):
     post(client, GOOD)
     message = post(client, GOOD).get_json()["message"]
     assert message.startswith("Session 2 ") and message.count("Session") == 1
+
+
+# -- the module's probe of the address -------------------------------------------------------
+
+def test_hello_answers_without_credentials_and_counts_no_failure(client):
+    """The module calls hello first with dummy credentials (a refused address then prints those, not the
+    password): it must answer 200, reveal nothing, and never feed the authentication throttle."""
+    for _ in range(30):
+        answer = client.get("/api/paheko/caisse/v1/hello", headers=basic("probe", "probe"))
+        assert answer.status_code == 200 and answer.get_json() == {"status": "ok"}
+    assert client.get("/api/paheko/caisse/v1/hello").status_code == 200
+    assert post(client, GOOD).status_code == 201  # not throttled by the 30 dummy calls
+    assert client.get("/api/paheko/caisse/v1/status?sessions=2").status_code == 401  # others still need auth

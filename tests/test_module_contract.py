@@ -183,6 +183,8 @@ def test_receiver_accepts_the_module_calls(client):
     assert {"state", "state_label", "reason"} <= set(sessions["2"])
     ping = client.post("/api/" + contract["ping_path"], json=["ping"], headers=auth)
     assert ping.status_code == 200 and ping.get_json()["message"]
+    dummy = {"Authorization": "Basic " + base64.b64encode(b"probe:probe").decode()}
+    assert client.get("/api/" + contract["probe_path"], headers=dummy).status_code == 200
 
 
 def test_contract_paths_are_pinned_once():

@@ -5,7 +5,10 @@ Routes (all under ``/api/``, each answering with and without a trailing slash, n
 - ``POST paheko/caisse/v1/session-closed`` — a caisse session closed (``paheko/caisse/session-closed``,
   the path of the first lab capture, is the same contract, version 1);
 - ``GET|POST paheko/caisse/v1/status?sessions=1,2,3`` — pipeline state of those sessions;
-- ``GET|POST paheko/caisse/v1/ping`` — "Tester la connexion" in the module's settings.
+- ``GET|POST paheko/caisse/v1/ping`` — "Tester la connexion" in the module's settings;
+- ``GET paheko/caisse/v1/hello`` — no credentials checked: the module calls it first with dummy
+  credentials, so that when Paheko refuses the address (a template error that prints the call's
+  parameters) the page shows the dummy ones, never the real password.
 
 Every answer is JSON; every message is French, because the Paheko admin reads it.
 """
@@ -50,6 +53,8 @@ def error(status: int, message: str, **headers) -> Response:
 @bp.before_request
 def authenticate_module():
     g.started = time.perf_counter()
+    if request.endpoint == f"{bp.name}.hello":
+        return None  # answers anyone, says nothing, counts no authentication failure
     svc = services()
     try:
         g.source = authenticate(svc.config, svc.throttle, request.remote_addr or "?", request.authorization)
@@ -136,6 +141,12 @@ def status():
     entries = ledger.get_many(g.source.name, ids)
     notes = ledger.notes_for(g.source.name, ids)
     return jsonify(source=g.source.name, sessions={str(i): session_view(entries.get(i), notes.get(i)) for i in ids})
+
+
+@route("v1/hello", methods=["GET"])
+def hello():
+    """The module's probe of the address (see the module docstring): nothing but "this is a receiver"."""
+    return jsonify(status="ok")
 
 
 @route("v1/ping", methods=["GET", "POST"])
