@@ -75,6 +75,10 @@ _REWRITES: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p), r) fo
      "(Configuration › Fonctions avancées › API)."),
     (r"La source « [^»]* » n'est plus dans la configuration du récepteur\.",
      f"Ce Paheko n'est plus dans la configuration du récepteur : prévenez {RECEIVER_ADMIN}."),
+    # The caisse calls a ticket a "note"; Recyclic's payment codes are, for an admin, payment methods.
+    (r"non relié à un code de paiement Recyclic", "sans équivalent dans Recyclic"),
+    (r"non reliée à une catégorie Recyclic", "sans équivalent dans Recyclic"),
+    (r"\bTickets\b", "Notes"), (r"\btickets\b", "notes"), (r"\bTicket\b", "Note"), (r"\bticket\b", "note"),
 ))
 
 #: What must never reach a Paheko admin: configuration syntax, keys and commands of the receiver.
