@@ -85,8 +85,9 @@ MODIFIERS = frozenset({
 SECRET_PARAMS = frozenset({"password", "passwd", "secret", "token", "api_key", "apikey"})
 #: A variable path naming a secret: ``$module.config.password``, ``$api_password``…
 _SECRET_VAR = re.compile(r"\$[\w.]*(?:password|passwd|secret|token|api_?key)\w*", re.I)
-#: Functions that may take a secret without printing it (storage, variables, the call itself).
-_SECRET_SINKS = frozenset({"assign", "save", "include", "api", "return"})
+#: Functions that may take a secret without printing it (storage, variables, the call itself). Not
+#: ``include``: Paheko's PHP error page (SHOW_ERRORS, its default) prints every include's parameters.
+_SECRET_SINKS = frozenset({"assign", "save", "api", "return"})
 #: Where a condition guards a call with the back-off.
 _BACKOFF_WORDS = re.compile(r"next_try|backoff", re.I)
 
@@ -361,7 +362,7 @@ def _check_printed_secrets(source: _Source, tag: Tag) -> None:
     if tag.name in _SECRET_SINKS:
         return
     for name, value in params.items():
-        if _SECRET_VAR.search(value):
+        if _SECRET_VAR.search(value) or re.fullmatch(r"\$module(\.config)?", value):
             source.report(tag.offset, "E502", f"{{{{:{tag.name}}}}} {name}= is given a secret: it prints it")
 
 
