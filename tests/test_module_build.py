@@ -30,7 +30,7 @@ def test_zip_holds_exactly_the_module_under_modules_name(tmp_path):
     assert len(names) == len(set(names))
     assert {"module.ini", "config.html", "index.html", "snippets/home_button.html", "icon.svg", "help.md"} <= expected
     assert f'module_version="{__version__}"' in contract and 'module_version="dev"' not in contract
-    assert f"; Version : {__version__}\n" in ini
+    assert f', version {__version__}"\n' in ini  # shown in the Extensions list
     assert snippet == (MODULE / "snippets" / "home_button.html").read_bytes()
 
 

@@ -19,7 +19,7 @@ MODULE_NAME = "recyclic"
 ZIP_TIMESTAMP = (2020, 1, 1, 0, 0, 0)
 _STAMPS = {
     "_contract.html": re.compile(r'(module_version=")[^"]*(")'),
-    "module.ini": re.compile(r"^(; Version : ).*()$", re.M),
+    "module.ini": re.compile(r'^(author="[^"]*, version )[^"]*(")$', re.M),
 }
 
 
