@@ -75,6 +75,9 @@ def test_good_template_passes():
     ('{{:assign filter="s.id"|sql_where:"NOT IN":$done_ids}}', "E320"),
     ("{{:assign filter='\"id\"'|sql_where:\"=\":1}}", "E320"),
     ('{{:assign filter="[id]"|sql_where:"=":1}}', "E320"),
+    # Observed while bringing the module up on the real Paheko: the filter became 0, nothing was sent.
+    ('{{:assign filter="s.id >= %d"|args:$module.config.first_session|intval}}', "E321"),
+    ('{{if $a && ($b || $c)}}x{{/if}}', "E104"),
     # Observed: the status call on every view of the module page, 10 s each while the receiver hung.
     ('{{:api method="GET" url=$u user=$n password=$p path="x" body=$b fail=false assign_code="c"}}', "E330"),
     ('{{if $ok}}{{:api method="GET" url=$u user=$n password=$p path="x" body=$b fail=false assign_code="c"}}{{/if}}',
@@ -106,9 +109,12 @@ def test_each_rule_fails(text, code):
     "{{if $module.config.password}}un mot de passe est enregistré{{/if}}",
     '{{:input type="password" name="password" label="Mot de passe"}}',
     "{{$module.config.host}}",
+    '{{:assign filter="s.id >= %d"|args:$module.config.first_session}}',
+    '{{:assign n="%d"|args:$x|intval}}',
+    '{{if $a && $b == "(x)"}}x{{/if}}',
 ])
 def test_each_rule_passes_its_good_form(text):
-    assert [c for c in codes(text) if c in {"E320", "E330", "E502"}] == []
+    assert [c for c in codes(text) if c in {"E104", "E320", "E321", "E330", "E502"}] == []
 
 
 def _with_files(module: Path, files: dict[str, str]) -> Path:

@@ -20,6 +20,8 @@ page runs ``snippets/home_button.html`` on every view):
   people (one with ``{{:admin_header}}``): calls belong to pages the browser loads in the background;
 - every external ``{{:api}}`` inside an ``{{if}}`` testing the back-off (a condition naming ``next_try``
   or ``backoff``): an unreachable receiver costs 10 s per call;
+- ``"… %d"|args:$x|intval`` (the cast applies to the whole formatted text), and ``{{if}}`` conditions with
+  parentheses (Brindille does not compile them);
 - ``sql_where`` applied to a dotted or quoted name (``"s.id"|sql_where:…``): Paheko quotes it as one
   identifier, which SQLite then reads as a string, and the condition is always true;
 - no secret written in a template (literal password, token, credentials in a URL), nor printed
@@ -341,6 +343,27 @@ def _check_sql_where(source: _Source, tag: Tag) -> None:
             )
 
 
+_ARGS_THEN_CAST = re.compile(
+    r"(\"(?:\\.|[^\"\\])*\"|'(?:\\.|[^'\\])*')\s*\|\s*args(?:\s*:\s*(?:\"(?:\\.|[^\"\\])*\"|'(?:\\.|[^'\\])*'|[^|\s}:]+))+"
+    r"\s*\|\s*(intval|floatval|boolval)\b")
+
+
+def _check_modifier_order(source: _Source, tag: Tag) -> None:
+    for match in _ARGS_THEN_CAST.finditer(tag.body):
+        if not re.fullmatch(r"%[sd]", match.group(1)[1:-1]):
+            source.report(
+                tag.offset, "E321",
+                f"|{match.group(2)} after |args applies to the whole formatted text {match.group(1)} (it became 0 "
+                "and the module sent nothing): cast the argument in an {{:assign}} first",
+            )
+
+
+def _check_condition(source: _Source, tag: Tag) -> None:
+    if tag.kind in ("if", "elseif") and "(" in STRING_RE.sub('""', tag.body):
+        source.report(tag.offset, "E104", f"{{{{{tag.kind}}}}} with parentheses: Brindille refuses to compile it; "
+                                          "assign the parts to variables first")
+
+
 def _check_printed_secrets(source: _Source, tag: Tag) -> None:
     if tag.kind == "output":
         expression = tag.body.strip()
@@ -378,6 +401,8 @@ def check_template(path: Path, text: str, words: Vocabulary = Vocabulary()) -> l
         _check_secrets(source, tag)
         _check_printed_secrets(source, tag)
         _check_sql_where(source, tag)
+        _check_modifier_order(source, tag)
+        _check_condition(source, tag)
         if tag.kind == "function" and tag.name == "api":
             _check_api(source, tag)
             if "url" in parse_params(tag.body) and not any(_BACKOFF_WORDS.search(c) for c in conditions):
