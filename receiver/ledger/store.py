@@ -526,6 +526,16 @@ class Ledger:
             return conn.execute(t.forwards.delete().where(
                 t.forwards.c.entry_id == entry_id, t.forwards.c.kind == "document")).rowcount
 
+    def forward_owners(self, kind: str, sink_ids: Iterable[str]) -> dict[str, int]:
+        """Which entry (id) records each of ``sink_ids`` (those no entry records are absent)."""
+        ids = sorted(set(sink_ids))
+        if not ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t.forwards.c.sink_id, t.forwards.c.entry_id).where(
+                t.forwards.c.kind == kind, t.forwards.c.sink_id.in_(ids))).all()
+        return {sink_id: entry_id for sink_id, entry_id in rows}
+
     def forward_owner(self, kind: str, sink_id: str) -> Entry | None:
         """The entry whose forward log records ``sink_id`` (e.g. which Paheko session a Recyclic session is)."""
         with self.engine.connect() as conn:

@@ -58,6 +58,8 @@ CATEGORY_MAX = 50
 PAGE = 100
 #: Pages read at most when looking for a session (a filter Recyclic would ignore must not mean a full scan).
 MAX_PAGES = 20
+#: Listed around Paheko's opening time (Recyclic filters ``opened_at``; the margin absorbs clock or zone slips).
+LISTING_WINDOW = timedelta(minutes=10)
 #: Two opening times this close are the same opening (Paheko keeps seconds).
 SAME_INSTANT = timedelta(seconds=1)
 #: Recyclic's refusal of a live opening while another session is open (v2 French; 1.3 English).
@@ -180,16 +182,16 @@ class _Delivering:
             return self.find_lost_legacy_opening()
         when = opening.opened_at
         rows = self.list_sessions(site_id=opening.site_id, register_id=opening.register_id,
-                                  date_from=(when - timedelta(days=1)).astimezone(UTC).isoformat(),
-                                  date_to=(when + timedelta(days=1)).astimezone(UTC).isoformat())
+                                  date_from=(when - LISTING_WINDOW).astimezone(UTC).isoformat(),
+                                  date_to=(when + LISTING_WINDOW).astimezone(UTC).isoformat())
+        same = [row for row in rows
+                if (at := _instant(row.get("opened_at"))) is not None and abs(at - when) < SAME_INSTANT
+                and row.get("site_id") == opening.site_id and (row.get("register_id") or None) == opening.register_id]
+        owners = self.log.ledger.forward_owners("session", [row["id"] for row in same])
         candidates = []
-        for row in rows:
-            at = _instant(row.get("opened_at"))
-            if (at is None or abs(at - when) >= SAME_INSTANT or row.get("site_id") != opening.site_id
-                    or (row.get("register_id") or None) != opening.register_id):
-                continue
-            owner = self.log.ledger.forward_owner("session", row["id"])
-            if owner is not None and owner.id != self.log.entry.id:
+        for row in same:
+            owner = owners.get(row["id"])
+            if owner is not None and owner != self.log.entry.id:
                 continue  # another Paheko session's (same place, same second: another source)
             detail = self.read_session(row["id"])
             kind = self.ours(detail)
