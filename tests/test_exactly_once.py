@@ -249,3 +249,29 @@ def test_without_a_sink_sessions_wait_and_resend_moves_them_to_the_current_sink_
     cli("ledger", "resend", "--source", "lab", "--state", "forwarded")
     cli("worker", "--once")
     assert len(out.read_text().splitlines()) == 2  # found in the file: not written again
+
+
+def test_a_session_changed_after_its_tickets_were_sent_is_held_then_says_ticket_by_ticket(pipeline):
+    import sqlite3
+
+    forward_all(pipeline)
+    before = recyclic_state(pipeline)
+    con = sqlite3.connect(pipeline.paheko_db)  # in Paheko, ticket 8 is corrected: 5 books at 1,40 €, not 1,00 €
+    with con:
+        con.execute("UPDATE plugin_pos_tabs_items SET price = 140, total = 700 WHERE tab = 8")
+        con.execute("UPDATE plugin_pos_tabs_payments SET amount = 700 WHERE tab = 8")
+        con.execute("UPDATE plugin_pos_sessions SET result = result + 200 WHERE id = 2")
+        con.execute("UPDATE plugin_pos_sessions_balances SET close_amount = close_amount + 200 "
+                    "WHERE id_session = 2 AND id_method = 1")
+    con.close()
+    answer = pipeline.notify(2)
+    assert answer["outcome"] == "changed" and answer["state"] == "held"
+    reason = pipeline.ledger.get("lab", 2).reason
+    assert "72,90 € → 74,90 €" in reason and "ne seront pas renvoyés" in reason, reason
+
+    entry = pipeline.ledger.get("lab", 2)  # the admin chooses to release it (ledger release)
+    pipeline.ledger.transition(entry.id, State.NOTIFIED, reason="Libérée par un opérateur.", snapshot=None, mapped=None)
+    forward_all(pipeline)
+    assert recyclic_state(pipeline) == before  # nothing posted twice
+    texts = [n["text"] for n in pipeline.ledger.notes_of(entry.id)]
+    assert any("ticket 8 vaut 5,00 € dans Recyclic" in t and "7,00 € dans Paheko" in t for t in texts), texts

@@ -122,6 +122,10 @@ def _euros(cents: Any) -> str:
     return f"{sign}{abs(cents) // 100},{abs(cents) % 100:02d} €"
 
 
+#: How the hold reason of a session changed in Paheko after tickets were sent begins.
+CHANGED_AFTER_SENDING = "Les chiffres de la session"
+
+
 def changed_after_sending(old: dict, new: dict, sent: list[int], session_id: int) -> str:
     """The French hold reason for a session changed in Paheko after some of its tickets reached the sink."""
     differs = []
@@ -140,7 +144,7 @@ def changed_after_sending(old: dict, new: dict, sent: list[int], session_id: int
         differs.append(f"clôture {old['closed']} → {new['closed']}")
     tickets = ", ".join(map(str, sent[:20])) + (" …" if len(sent) > 20 else "")
     return (
-        f"Les chiffres de la session {session_id} ont changé dans Paheko ({'; '.join(differs) or 'détail inconnu'}) "
+        f"{CHANGED_AFTER_SENDING} {session_id} ont changé dans Paheko ({'; '.join(differs) or 'détail inconnu'}) "
         f"alors que des tickets sont déjà dans Recyclic (tickets {tickets}). Rien n'est renvoyé. Au choix : "
         "corrigez dans Recyclic les ventes concernées (leur note nomme la session et le ticket Paheko), puis "
         "libérez la session (paheko-recyclic ledger release) : elle sera relue, les tickets absents de Recyclic "

@@ -150,6 +150,7 @@ class _Loose(Schema):
 class RemoteSale(_Loose):
     id = fields.String(required=True)
     note = fields.String(load_default=None, allow_none=True)
+    total_amount = fields.Float(load_default=None, allow_none=True)
 
 
 class RemoteSession(_Loose):

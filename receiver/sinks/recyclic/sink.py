@@ -35,7 +35,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from receiver.ledger import Entry
-from receiver.ledger.store import utcnow
+from receiver.ledger.store import CHANGED_AFTER_SENDING, utcnow
 from receiver.outcomes import MustAct, NotSent, RetryLater
 from receiver.sinks import Delivery
 from receiver.sinks.exactly import ForwardLog
@@ -45,9 +45,10 @@ from receiver.sinks.recyclic.client import (
 )
 from receiver.sinks.recyclic.config import RecyclicSinkConfig
 from receiver.sinks.recyclic.mapping import mapped_document
+from receiver.sinks.recyclic.mapping.mapper import euros
 from receiver.sinks.recyclic.mapping.model import MappedSale, MappedSession, load_mapped
 from receiver.sinks.recyclic.profiles import (
-    CLOSE_BODY, CREATED, PROFILES, REMOTE_SESSION, load_remote, parse_sale_note, sale_shape,
+    CLOSE_BODY, CREATED, PROFILES, REMOTE_SESSION, cents, load_remote, parse_sale_note, sale_shape,
 )
 
 log = logging.getLogger("receiver.sinks.recyclic")
@@ -329,10 +330,39 @@ class _Delivering:
                     f"La session Recyclic {session_id} n'est plus ouverte ({remote['status']}) alors que "
                     f"{len(missing)} ticket(s) restent à transmettre. Vérifiez-la dans Recyclic ; pour tout "
                     "renvoyer dans une nouvelle session, il faut une intervention technique.")
+        self.compare_sent(session_id)
         return {sale.tab_id: log_.once("sale", sale.tab_id, key=sale.idempotency_key,
                                        find=lambda tab=sale.tab_id: found.get(tab),
                                        create=lambda s=sale: self.post_sale(session_id, s))
                 for sale in mapped.sales}
+
+    def compare_sent(self, session_id: str) -> None:
+        """Tickets already in Recyclic whose amount differs from Paheko's now, or gone from Paheko: left as
+        they are (never posted twice), and said ticket by ticket. Checked when the session was read back
+        anyway, and after a change in Paheko was held and released (v2: tickets are named by their note)."""
+        if not self.profile.keeps_note:
+            return
+        mapped = self.mapped
+        if self.remote is None or self.remote["id"] != session_id:
+            sent_before = any(self.log.is_done("sale", s.tab_id) for s in mapped.sales)
+            if not (sent_before and any((h["reason"] or "").startswith(CHANGED_AFTER_SENDING)
+                                        for h in self.log.ledger.history(self.log.entry.id))):
+                return
+            self.remote = self.read_session(session_id)
+        by_tab = {s.tab_id: s for s in mapped.sales}
+        for sale in self.remote.get("sales") or []:
+            ids = parse_sale_note(sale.get("note"))
+            if not ids or ids[:2] != (mapped.source, mapped.session_id):
+                continue
+            now = by_tab.get(ids[2])
+            if now is None:
+                self.log.note(f"Le ticket {ids[2]} est dans Recyclic (vente {sale['id']}) mais n'est plus transmis "
+                              "depuis Paheko (supprimé ou écarté) : laissé tel quel ; supprimez-le dans Recyclic "
+                              "s'il ne doit pas y être.")
+            elif sale.get("total_amount") is not None and cents(sale["total_amount"]) != now.total_cents:
+                self.log.note(f"Le ticket {ids[2]} vaut {euros(cents(sale['total_amount']))} dans Recyclic (vente "
+                              f"{sale['id']}) et {euros(now.total_cents)} dans Paheko : laissé tel quel dans "
+                              "Recyclic (jamais envoyé deux fois) ; corrigez-le à la main si besoin.")
 
     def found_sales(self, remote: dict[str, Any], pending: list[MappedSale]) -> dict[int, str]:
         """Tickets of ``pending`` already in the Recyclic session (v2: by note; 1.3: a lost answer, by content)."""
