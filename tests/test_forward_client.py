@@ -18,6 +18,7 @@ from receiver.sinks.webhook.config import WebhookSinkConfig
 from receiver.sinks.recyclic.client import (
     LOGIN_BUDGET, LOGIN_LIMIT, RecyclicAuthError, RecyclicClient, RecyclicRateLimited, RecyclicRefused, RecyclicUnavailable,
 )
+from tests.conftest import config_text
 from tests.forward_support import Swappable, plug
 
 _TARGET = Swappable()
@@ -150,23 +151,10 @@ secret = "not-whsec"
 
 
 def _source_with(sink_profile: str | None, mapping_profile: str | None, methods: str = "") -> dict:
-    text = """
-[sources.lab.webhook]
-user = "u"
-password = "p"
-[sources.lab.paheko]
-url = "http://paheko.invalid"
-api_user = "k"
-api_password = "x"
-[sources.lab.mapping]
-""" + (f'profile = "{mapping_profile}"\n' if mapping_profile else "") + methods + """
-[sources.lab.sink]
-type = "recyclic"
-url = "https://r.example.org/api/v1"
-username = "u"
-password = "p"
-""" + (f'profile = "{sink_profile}"\n' if sink_profile else "")
-    return tomllib.loads(text)
+    tables = ("\n[sources.lab.mapping]\n" + (f'profile = "{mapping_profile}"\n' if mapping_profile else "") + methods
+              + '\n[sources.lab.sink]\ntype = "recyclic"\nurl = "https://r.example.org/api/v1"\nusername = "u"\n'
+              + 'password = "p"\n' + (f'profile = "{sink_profile}"\n' if sink_profile else ""))
+    return tomllib.loads(config_text(Path("/tmp")) + tables)
 
 
 def test_the_recyclic_line_is_the_sinks_setting_and_the_mapping_follows_it():
