@@ -33,7 +33,10 @@ from receiver.services import EXTENSION
 from receiver.worker import Worker
 
 SETTLED = (State.FORWARDED, State.HELD, State.DEAD)
-PAHEKO_CATEGORIES = ("Vêtements", "Livres", "Électroménager", "Mobilier")
+#: Paheko category → the Recyclic category an operator picks in the stand-in's shop grid. "Électroménager"
+#: has no namesake there (only "Petit électroménager" and "Gros électroménager"): a person's choice.
+PAHEKO_CATEGORIES = {"Vêtements": "Vêtements", "Livres": "Livres", "Électroménager": "Petit électroménager",
+                     "Mobilier": "Mobilier"}
 PAHEKO_METHODS = {"Espèces": "cash", "Chèque": "check", "CB": "card", "Monnaie locale": "transfer"}
 
 
@@ -43,8 +46,8 @@ def _token(n: int) -> str:
 
 def demo_config(paheko_url: str, paheko_key: tuple[str, str], recyclic_url: str, webhook: tuple[str, str]) -> str:
     """The configuration file the demo runs on (kept in the work folder, to read and to reuse)."""
-    category_ids = {c.name: c.id for c in CATEGORIES if c.parent_id is None}
-    categories = "\n".join(f'"{name}" = "{category_ids[name]}"' for name in PAHEKO_CATEGORIES)
+    category_ids = {c.name: c.id for c in CATEGORIES}
+    categories = "\n".join(f'"{name}" = "{category_ids[ours]}"' for name, ours in PAHEKO_CATEGORIES.items())
     methods = "\n".join(f'"{name}" = "{code}"' for name, code in PAHEKO_METHODS.items())
     return f"""# Written by `paheko-recyclic demo`: a local Paheko and a local Recyclic on loopback.
 [receiver]

@@ -12,14 +12,14 @@ import pytest
 from click.testing import CliRunner
 
 from receiver.dev.recyclic import (
-    CATEGORIES, DEFAULT_USERS, MACHINE_USER, MAIN_REGISTER, MAIN_SITE, REPLAY_REGISTER, Fault, ManualClock,
-    User, create_recyclic_app, recyclic_command,
+    CATEGORIES, DEFAULT_USERS, MACHINE_USER, MAIN_REGISTER, MAIN_SITE, REGISTERS, REPLAY_REGISTER, SECOND_SITE,
+    Fault, ManualClock, User, create_recyclic_app, recyclic_command,
 )
 from receiver.dev.server import LocalServer
 
 START = datetime(2026, 3, 14, 15, 0, tzinfo=UTC)
 OPERATOR = DEFAULT_USERS[1].id
-CLOTHES = CATEGORIES[1].id
+CLOTHES = next(c.id for c in CATEGORIES if c.name == "Vêtements adultes")
 BOOKS = next(c.id for c in CATEGORIES if c.name == "Livres")
 
 
@@ -170,7 +170,7 @@ def test_plain_user_is_refused_on_cash_endpoints(stand):
     refused = stand.http.post("/cash-sessions/", json={"operator_id": OPERATOR, "site_id": MAIN_SITE.id,
                                                        "initial_amount": 0})
     assert refused.status_code == 403 and refused.json()["code"] == "FORBIDDEN"
-    assert stand.app.store.sessions == {}
+    assert stand.app.store.new_sessions() == {}
 
 
 def test_context_headers_are_refused_as_stale(stand):
@@ -332,7 +332,7 @@ def test_v2_payments_must_match_known_codes_and_the_total(v2):
     assert split.status_code == 200
     assert [(p["payment_method"], p["amount"]) for p in split.json()["payments"]] == [
         ("card", 2.5), ("transfer", 3.5)]
-    assert len(v2.app.store.sales) == 1
+    assert len(v2.app.store.new_sales()) == 1
     codes = [o["code"] for o in v2.http.get("/sales/payment-method-options").json()]
     assert codes == ["cash", "check", "card", "transfer", "donation"]
 
@@ -358,7 +358,7 @@ def test_item_weight_is_required_and_validation_is_otherwise_loose(stand):
         {"items": {0: {"weight": ["Field may not be null."]}}},
         {"items": {0: {"colour": ["Unknown field."]}}, "till": ["Unknown field."]},
     ]
-    assert len(stand.app.store.sales) == 2
+    assert len(stand.app.store.new_sales()) == 2
 
 
 def test_category_over_50_characters_crashes_and_stores_nothing(stand):
@@ -366,7 +366,7 @@ def test_category_over_50_characters_crashes_and_stores_nothing(stand):
     crash = stand.sale(session, items=[item(category="x" * 51)])
     assert crash.status_code == 500
     assert crash.text == "Internal Server Error" and crash.headers["content-type"].startswith("text/plain")
-    assert stand.app.store.sales == {}
+    assert stand.app.store.new_sales() == {}
 
 
 def test_v2_negative_line_needs_a_total_covering_the_positive_lines(v2):
@@ -398,12 +398,12 @@ def test_idempotency_key_replays_conflicts_truncates_and_expires(stand):
     assert first.status_code == replay.status_code == 200 and replay.json()["id"] == first.json()["id"]
     conflict = stand.sale(session, 7.0, headers={"Idempotency-Key": key})
     assert conflict.status_code == 409 and conflict.json()["code"] == "IDEMPOTENCY_KEY_CONFLICT"
-    assert len(stand.app.store.sales) == 1
+    assert len(stand.app.store.new_sales()) == 1
     stand.clock.advance(hours=25)
     stand.login()
     duplicate = stand.sale(session, headers={"Idempotency-Key": key})
     assert duplicate.status_code == 200 and duplicate.json()["id"] != first.json()["id"]
-    assert len(stand.app.store.sales) == 2
+    assert len(stand.app.store.new_sales()) == 2
 
 
 def test_idempotency_keys_are_kept_per_calling_user():
@@ -444,11 +444,15 @@ def test_reference_data_and_production_prefix():
     with serve("legacy", prefix="/api/v1") as stand:
         stand.login()
         categories = stand.http.get("/categories/").json()
-        assert {"Vêtements", "Livres", "Électroménager", "Mobilier"} <= {c["name"] for c in categories}
+        names = {c["name"] for c in categories}
+        # a real shop's grid: near names, no category shaped after the fixture's "Électroménager"
+        assert {"Vêtements", "Livres", "Mobilier", "Petit électroménager", "Gros électroménager",
+                "Mobilité douce"} <= names and "Électroménager" not in names
+        assert all(len(name) <= 50 for name in names) and any(not c["is_active"] for c in categories)
         assert set(categories[0]) == {"id", "name", "parent_id", "price", "max_price", "is_active"}
         assert any(c["parent_id"] for c in categories)
-        assert [s["id"] for s in stand.http.get("/sites/").json()] == [MAIN_SITE.id]
-        assert {r["id"] for r in stand.http.get("/cash-registers/").json()} == {MAIN_REGISTER.id, REPLAY_REGISTER.id}
+        assert [s["id"] for s in stand.http.get("/sites/").json()] == [MAIN_SITE.id, SECOND_SITE.id]
+        assert {r["id"] for r in stand.http.get("/cash-registers/").json()} == {r.id for r in REGISTERS}
         assert httpx.get(stand.root + "/v1/sites/").status_code == 404
 
 
@@ -457,8 +461,8 @@ def test_state_endpoint_shows_sessions_sales_and_items(stand):
     sale = stand.sale(session, items=[item(6.0, category=BOOKS)]).json()
     state = httpx.get(stand.root + "/_stand-in/state").json()
     assert state["profile"] == stand.app.store.profile
-    assert [s["id"] for s in state["sessions"]] == [session]
-    assert state["sales"][0]["id"] == sale["id"] and state["sales"][0]["items"][0]["category"] == BOOKS
+    assert [s["id"] for s in state["sessions"]][-1] == session
+    assert state["sales"][-1]["id"] == sale["id"] and state["sales"][-1]["items"][0]["category"] == BOOKS
 
 
 def test_conforming_bodies_leave_no_contract_violation(stand):
@@ -484,7 +488,7 @@ def test_scripted_errors_then_normal_service(stand):
     assert unavailable.json()["retryable"] is True
     throttled = stand.sale(session)
     assert throttled.status_code == 429 and "retry-after" not in throttled.headers
-    assert stand.app.store.sales == {}
+    assert stand.app.store.new_sales() == {}
     assert stand.sale(session).status_code == 200
     assert stand.app.faults.pending() == 0
 
@@ -494,12 +498,12 @@ def test_reset_stores_nothing_but_a_lost_response_stores_the_sale(stand):
     stand.app.faults.script("POST /sales/", Fault.reset(), Fault.lost_response(), Fault.lost_response(502))
     with pytest.raises(httpx.TransportError):
         stand.sale(session)
-    assert stand.app.store.sales == {}
+    assert stand.app.store.new_sales() == {}
     with pytest.raises(httpx.TransportError):
         stand.sale(session)
-    assert len(stand.app.store.sales) == 1
+    assert len(stand.app.store.new_sales()) == 1
     assert stand.sale(session).status_code == 502
-    assert len(stand.app.store.sales) == 2
+    assert len(stand.app.store.new_sales()) == 2
 
 
 def test_delay_makes_the_client_time_out_yet_the_request_is_processed(stand):

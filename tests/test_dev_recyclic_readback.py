@@ -10,7 +10,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from receiver.dev.recyclic import MACHINE_USER, MAIN_REGISTER, MAIN_SITE, REPLAY_REGISTER
+from receiver.dev.recyclic import (
+    LIVE_REGISTER, MACHINE_USER, MAIN_REGISTER, MAIN_SITE, REPLAY_REGISTER, SECOND_SITE, SHOP_USERS,
+)
 from tests.test_dev_recyclic import OPERATOR, _server, item, serve  # noqa: F401  (the module's server)
 
 SESSION_KEYS = {  # 27 keys: the open/close answers and each listed session (observed: close n_keys=27)
@@ -46,21 +48,23 @@ def test_listing_filters_by_status_and_counts_sales(v2):
     v2.sale(second, note=note(1, 2))
     assert v2.close(second, 26.0).status_code == 200
     listed = v2.http.get("/cash-sessions/", params={"status": "open"}).json()
-    assert listed["total"] == 1 and listed["skip"] == 0 and listed["limit"] == 20
-    (only,) = listed["data"]
-    assert only["id"] == first and only["number_of_sales"] == 2 and set(only) == SESSION_KEYS
-    closed = v2.http.get("/cash-sessions/", params={"status": "closed"}).json()["data"]
+    assert listed["total"] == 2 and listed["skip"] == 0 and listed["limit"] == 20
+    live, ours = listed["data"]  # newest opening first: the shop's own session, opened this morning
+    assert live["register_id"] == LIVE_REGISTER.id and live["number_of_sales"] == 2
+    assert ours["id"] == first and ours["number_of_sales"] == 2 and set(ours) == SESSION_KEYS
+    closed = v2.http.get("/cash-sessions/", params={"status": "closed", "operator_id": OPERATOR}).json()["data"]
     assert [s["id"] for s in closed] == [second] and closed[0]["number_of_sales"] == 1
-    # newest opening first, across statuses
-    assert [s["id"] for s in v2.http.get("/cash-sessions/").json()["data"]] == [second, first]
+    mine = v2.http.get("/cash-sessions/", params={"operator_id": OPERATOR}).json()["data"]
+    assert [s["id"] for s in mine] == [second, first]
     # elsewhere number_of_sales is not computed
     assert v2.http.get(f"/cash-sessions/{first}").json()["number_of_sales"] is None
 
 
 def test_listing_hides_empty_sessions_unless_asked(v2):
     empty = v2.open(opened_at="2026-03-01T09:00:00+00:00")
-    assert v2.http.get("/cash-sessions/").json() == {"data": [], "total": 0, "skip": 0, "limit": 20}
-    shown = v2.http.get("/cash-sessions/", params={"include_empty": "true", "status": "open"}).json()
+    mine = {"operator_id": OPERATOR}
+    assert v2.http.get("/cash-sessions/", params=mine).json() == {"data": [], "total": 0, "skip": 0, "limit": 20}
+    shown = v2.http.get("/cash-sessions/", params={**mine, "include_empty": "true", "status": "open"}).json()
     assert [s["id"] for s in shown["data"]] == [empty] and shown["data"][0]["number_of_sales"] == 0
 
 
@@ -77,15 +81,19 @@ def test_listing_filters_by_operator_site_dates_and_search_and_pages(v2):
         assert response.status_code == 200, response.text
         return [s["id"] for s in response.json()["data"]]
 
+    shop = [s.id for s in sorted((v2.app.store.sessions[i] for i in v2.app.store.seeded
+                                  if i in v2.app.store.sessions), key=lambda s: s.opened_at, reverse=True)]
+    assert len(shop) == 2  # the shop's own: yesterday's and today's, opened after ours (March)
     assert listed(operator_id=OPERATOR) == newest_first
     assert listed(operator_id=MACHINE_USER.id) == []
-    assert listed(site_id=MAIN_SITE.id) == newest_first
+    assert listed(site_id=MAIN_SITE.id) == shop + newest_first
+    assert listed(site_id=SECOND_SITE.id) == []
     assert listed(date_from="2026-03-02T10:00:00Z", date_to="2026-03-04T10:00:00") == newest_first[1:4]
     assert listed(search=ids[2][:8]) == [ids[2]]
     assert listed(search="caisse-diff") == newest_first  # the operator's user name
-    assert listed(skip=1, limit=2) == newest_first[1:3]
+    assert listed(operator_id=OPERATOR, skip=1, limit=2) == newest_first[1:3]
     # no register filter on the real route: the parameter is ignored like any unknown one
-    assert listed(register_id=MAIN_REGISTER.id) == newest_first
+    assert listed(register_id=REPLAY_REGISTER.id) == shop + newest_first
     assert v2.http.get("/cash-sessions/", params={"limit": 101}).status_code == 422
     assert v2.http.get("/cash-sessions/", params={"status": "pending"}).status_code == 422
 
@@ -94,6 +102,12 @@ def test_register_status_tells_whether_a_register_is_in_live_use(v2):
     assert v2.http.get(f"/cash-sessions/status/{MAIN_REGISTER.id}").json() == {"is_active": False, "session_id": None}
     live = v2.open(register_id=MAIN_REGISTER.id)
     assert v2.http.get(f"/cash-sessions/status/{MAIN_REGISTER.id}").json() == {"is_active": True, "session_id": live}
+    shop = v2.http.get(f"/cash-sessions/status/{LIVE_REGISTER.id}").json()
+    assert shop["is_active"] is True and v2.app.store.sessions[shop["session_id"]].operator_id == SHOP_USERS[0].id
+    refused = v2.http.post("/cash-sessions/", json={"operator_id": MACHINE_USER.id, "site_id": MAIN_SITE.id,
+                                                    "register_id": LIVE_REGISTER.id, "initial_amount": 0})
+    assert refused.status_code == 400
+    assert refused.json()["detail"] == "Une session est déjà ouverte pour ce poste de caisse"
 
 
 # -- read-back shapes ------------------------------------------------------------------------------
@@ -138,8 +152,8 @@ def test_flushing_redis_forgets_idempotency_keys_so_a_replay_duplicates(v2):
     flushed = httpx.post(v2.root + "/_stand-in/redis/flush").json()
     assert flushed["flushed"] >= 1
     duplicate = v2.sale(session, headers={"Idempotency-Key": "tab-1"}).json()
-    assert duplicate["id"] != first["id"] and len(v2.app.store.sales) == 2
-    assert len(v2.app.store.sessions) == 1  # PostgreSQL data survives
+    assert duplicate["id"] != first["id"] and len(v2.app.store.new_sales()) == 2
+    assert len(v2.app.store.new_sessions()) == 1  # PostgreSQL data survives
 
 
 def test_pin_failures_expire_after_the_window_and_a_flush_lifts_the_lock(v2):

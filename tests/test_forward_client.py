@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from receiver.config import ConfigError, Secret, parse_config
-from receiver.dev.recyclic import CATEGORIES, MAIN_SITE, REPLAY_REGISTER, Fault
+from receiver.dev.recyclic import CATEGORIES, REPLAY_REGISTER, SITES, Fault
 from receiver.dev.server import LocalServer
 from receiver.sinks.file.config import FileSinkConfig
 from receiver.sinks.recyclic.config import RecyclicSinkConfig
@@ -43,7 +43,7 @@ class FakeClock:
 def test_reference_data_in_both_profiles(profile):
     stand = plug(_TARGET, profile)
     with RecyclicClient(stand.config()) as client:
-        assert [s.id for s in client.sites()] == [MAIN_SITE.id]
+        assert [s.id for s in client.sites()] == [s.id for s in SITES]
         assert REPLAY_REGISTER.id in {r.id for r in client.registers()}
         categories = client.categories()
         assert {c.id for c in categories} == {c.id for c in CATEGORIES}

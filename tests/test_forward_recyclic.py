@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from receiver.config import Secret
+from receiver.demo import PAHEKO_CATEGORIES
 from receiver.dev.recyclic import CATEGORIES, MAIN_SITE, REPLAY_REGISTER, Fault
 from receiver.dev.recyclic_store import ApiError
 from receiver.dev.server import LocalServer
@@ -425,7 +426,7 @@ def test_the_fixture_sessions_arrive_exactly_as_mapped(ledger, profile):
     mapping = MappingSchema().load({
         "profile": profile, "close_session": True, "default_operator": OPERATOR,
         "locations": {"Boutique principale": {"site": MAIN_SITE.id, "register": REPLAY_REGISTER.id}},
-        "categories": {name: by_name[name] for name in ("Vêtements", "Livres", "Électroménager", "Mobilier")},
+        "categories": {name: by_name[ours] for name, ours in PAHEKO_CATEGORIES.items()},
         "methods": {"Espèces": "cash", "Monnaie locale": "cash", "CB": "card", "Chèque": "check"},
         "policies": {"refunds": "skip", "mixed_methods": "skip"},
     })

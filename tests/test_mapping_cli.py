@@ -168,25 +168,38 @@ def test_suggest_matches_recyclic_names(tmp_path):
     ]
 
 
-def test_suggest_with_the_local_recyclic(paheko_config):
+def _suggest_from_the_local_recyclic(paheko_config, password: str | None = None):
     from receiver.dev.recyclic import MACHINE_USER, create_recyclic_app
-    from receiver.dev.recyclic_store import CATEGORIES, MAIN_SITE, REPLAY_REGISTER
 
     path = paheko_config()
     with LocalServer(create_recyclic_app("v2")) as recyclic:
-        result = invoke("--config", str(path), "mapping", "suggest", "--source", "lab",
-                        "--recyclic-url", recyclic.url + "/v1", "--recyclic-user", MACHINE_USER.username,
-                        "--recyclic-password", MACHINE_USER.password)
-        wrong = invoke("--config", str(path), "mapping", "suggest", "--source", "lab",
-                       "--recyclic-url", recyclic.url + "/v1", "--recyclic-user", MACHINE_USER.username,
-                       "--recyclic-password", "wrong")
+        return invoke("--config", str(path), "mapping", "suggest", "--source", "lab",
+                      "--recyclic-url", recyclic.url + "/v1", "--recyclic-user", MACHINE_USER.username,
+                      "--recyclic-password", password or MACHINE_USER.password)
+
+
+def test_suggest_with_the_local_recyclic(paheko_config):
+    from receiver.dev.recyclic_store import CATEGORIES
+
+    result = _suggest_from_the_local_recyclic(paheko_config)
+    wrong = _suggest_from_the_local_recyclic(paheko_config, "wrong")
     assert result.exit_code == 0, result.output
     m = tomllib.loads(result.stdout)["sources"]["lab"]["mapping"]
     ids = {c.name: c.id for c in CATEGORIES}
-    # The only site, and its register kept for deferred entry.
-    assert m["locations"] == {"Boutique principale": {"site": MAIN_SITE.id, "register": REPLAY_REGISTER.id}}
+    # The stand-in's shop has two sites: nothing matches "Boutique principale", the operator chooses.
+    assert m["locations"] == {}
+    assert '# "Boutique principale" = { site = "SITE-UUID", register = "REGISTER-UUID" }' in result.stdout
     assert m["categories"]["Vêtements"] == ids["Vêtements"] and m["categories"]["Livres"] == ids["Livres"]
-    assert m["categories"]["Électroménager"] == ids["Électroménager"] and m["categories"]["Adhésion"] == "membership"
+    assert m["categories"]["Mobilier"] == ids["Mobilier"] and m["categories"]["Adhésion"] == "membership"
     assert m["methods"]["CB"] == "card"
     assert "# Recyclic's categories" not in result.output
     assert wrong.exit_code == 1 and "cannot read Recyclic's reference data" in wrong.output
+
+
+@pytest.mark.xfail(strict=True, reason="issue 12: `mapping suggest` drafts a near name (0.85) as an active line")
+def test_suggest_leaves_near_names_to_the_operator(paheko_config):
+    """Paheko's "Électroménager" has no namesake in a real shop's grid, only "Petit électroménager" (0.82) and
+    "Gros électroménager" (0.85): a draft must not pick one silently (the stand-in showed it does)."""
+    result = _suggest_from_the_local_recyclic(paheko_config)
+    m = tomllib.loads(result.stdout)["sources"]["lab"]["mapping"]
+    assert "Électroménager" not in m["categories"]

@@ -74,9 +74,9 @@ class Pipeline:
             self.ledger.transition(entry.id, State.FAILED, reason=entry.reason, next_attempt_at=None)
 
     def sales_by_tab(self) -> Counter:
-        """How many Recyclic sales carry each Paheko (session, tab) in their note."""
+        """How many Recyclic sales carry each Paheko (session, tab) in their note (the shop's own sales left aside)."""
         found = Counter()
-        for sale in self.recyclic_app.store.sales.values():
+        for sale in self.recyclic_app.store.new_sales().values():
             parsed = parse_sale_note(sale.note)
             assert parsed is not None, sale.note
             found[parsed[1:]] += 1
@@ -130,7 +130,7 @@ def test_fixture_sessions_arrive_in_recyclic(pipeline):
     forwarded_tabs = set(pipeline.sales_by_tab())
     # Refund tab 4 is left out whole; tab 9 (a chair and a refund line) follows the mapper's rule.
     assert EXPECTED_TABS <= forwarded_tabs <= EXPECTED_TABS | {(2, 9)}
-    sales = {parse_sale_note(s.note)[2]: s for s in pipeline.recyclic_app.store.sales.values()}
+    sales = {parse_sale_note(s.note)[2]: s for s in pipeline.recyclic_app.store.new_sales().values()}
     # Tab 2: clothes by weight 1000 c (1250 g) and a chair 1200 c (4000 g), paid card 1500 + cash 700.
     assert sales[2].total_amount == 2200
     assert sorted(sales[2].payments) == [("card", 1500), ("cash", 700)]
@@ -149,7 +149,7 @@ def test_fixture_sessions_arrive_in_recyclic(pipeline):
         assert sent + left_out == entry.snapshot["totals"]["items_total"]
     assert entries[1].snapshot["totals"]["items_total"] == 12450
     # Both Recyclic sessions were opened back-dated and closed.
-    sessions = list(pipeline.recyclic_app.store.sessions.values())
+    sessions = list(pipeline.recyclic_app.store.new_sessions().values())
     assert len(sessions) == 2 and all(s.status == "closed" for s in sessions)
     registry = pipeline.metrics.registry
     for name in ("paheko_recyclic_snapshots_total", "paheko_recyclic_forwards_total"):
@@ -165,7 +165,7 @@ def test_default_policies_hold_with_french_reasons(tmp_path):
         entries = p.ledger.get_many("lab", [1, 2])
         assert {e.state for e in entries.values()} == {State.HELD}
         assert "rembours" in entries[1].reason.lower()
-        assert p.recyclic_app.store.sales == {}
+        assert p.recyclic_app.store.new_sales() == {}
         status = send(CapturedRequest(path="paheko/caisse/v1/status?sessions=1,2", body=b"", method="GET"),
                       p.receiver.url, WEBHOOK).json()
         assert status["sessions"]["1"]["state"] == "held" and status["sessions"]["1"]["reason"] == entries[1].reason

@@ -35,12 +35,14 @@ from receiver.dev.recyclic_faults import Fault, FaultMiddleware, Faults
 from receiver.dev.recyclic_schemas import contract_errors, load_lenient, query_values, validation_errors
 from receiver.dev.recyclic_views import outbox_json
 from receiver.dev.recyclic_store import (
-    CASH_ROLES, CATEGORIES, MAIN_REGISTER, MAIN_SITE, REPLAY_REGISTER, ApiError, CategoryTooLong, Clock,
-    LoginRateLimited, ManualClock, Profile, RecyclicStore, User, system_clock,
+    ANNEXE_REGISTER, CASH_ROLES, CATEGORIES, LIVE_REGISTER, MAIN_REGISTER, MAIN_SITE, REGISTERS, REPLAY_REGISTER,
+    SECOND_SITE, SHOP_USERS, SITES, ApiError, CategoryTooLong, Clock, LoginRateLimited, ManualClock, Profile,
+    RecyclicStore, User, system_clock,
 )
 
 __all__ = [
-    "DEFAULT_USERS", "MACHINE_USER", "MAIN_SITE", "MAIN_REGISTER", "REPLAY_REGISTER", "CATEGORIES",
+    "DEFAULT_USERS", "MACHINE_USER", "MAIN_SITE", "SECOND_SITE", "SITES", "MAIN_REGISTER", "LIVE_REGISTER",
+    "REPLAY_REGISTER", "ANNEXE_REGISTER", "REGISTERS", "CATEGORIES", "SHOP_USERS",
     "Fault", "ManualClock", "User", "create_recyclic_app", "recyclic_command",
 ]
 
@@ -315,8 +317,9 @@ def recyclic_command(profile: str, host: str, port: int, prefix: str) -> None:
     url = server.url
     click.echo(f"Recyclic stand-in ({profile}) on {url}{prefix}")
     click.echo(f"  machine user: {MACHINE_USER.username} / {MACHINE_USER.password} (role admin, PIN {MACHINE_USER.pin})")
-    click.echo(f"  site {MAIN_SITE.id} ({MAIN_SITE.name})")
-    click.echo(f"  register {MAIN_REGISTER.id} ({MAIN_REGISTER.name})")
+    click.echo(f"  site {MAIN_SITE.id} ({MAIN_SITE.name}); also {SECOND_SITE.name}")
+    click.echo(f"  register {LIVE_REGISTER.id} ({LIVE_REGISTER.name}): in live use, a cashier's session is open")
+    click.echo(f"  register {MAIN_REGISTER.id} ({MAIN_REGISTER.name}): idle")
     click.echo(f"  replay register {REPLAY_REGISTER.id} ({REPLAY_REGISTER.name})")
     click.echo(f"  replay operator {DEFAULT_USERS[1].id} ({DEFAULT_USERS[1].username})")
     if profile == "v2":

@@ -153,27 +153,54 @@ class Category:
 
 
 def _seed_categories() -> tuple[Category, ...]:
+    """A real shop's grid, not one shaped after the fixture: sub-categories with near names ("Petit
+    électroménager" / "Gros électroménager", "Mobilier" / "Mobilité douce"), slashes, accents, a long name,
+    inactive lines; some Paheko names match exactly ("Vêtements", "Livres", "Mobilier"), "Électroménager"
+    does not exist at all (facts: "each shop's own: sub-categories with near names")."""
     def cat(name: str, parent: str | None = None, price: int | None = None, max_price: int | None = None,
             active: bool = True) -> Category:
         return Category(_stable_id("category", name), name, parent and _stable_id("category", parent),
                         price, max_price, active)
 
+    deee = "Électrique / électronique (DEEE)"
     return (
         cat("Vêtements"), cat("Vêtements adultes", "Vêtements", 300, 2000),
         cat("Vêtements enfants", "Vêtements", 150, 1000), cat("Chaussures", "Vêtements", 300, 1500),
-        cat("Livres", None, 100, 500), cat("Électroménager", None, None, 8000),
+        cat("Maroquinerie / accessoires", "Vêtements", 100, 3000),
+        cat("Livres", None, 100, 500), cat("Livres jeunesse", "Livres", 50, 300),
+        cat("BD / mangas", "Livres", 100, 800),
+        cat(deee), cat("Petit électroménager", deee, 300, 4000), cat("Gros électroménager", deee, 2000, 25000),
+        cat("Informatique", deee, None, 10000), cat("Hi-fi / vidéo / téléphonie", deee, 200, 8000),
         cat("Mobilier"), cat("Petit mobilier", "Mobilier", 500, 4000), cat("Gros mobilier", "Mobilier", 2000, 15000),
-        cat("Vaisselle", None, 50, 1000), cat("Jouets", None, 100, 2000), cat("Informatique", None, None, 10000),
-        cat("Linge de maison", None, 200, 1500), cat("Bibelots", None, 50, 1000),
-        cat("Disques vinyles", None, 200, 1000, active=False),
+        cat("Mobilité douce"), cat("Vélos adultes", "Mobilité douce", 2000, 15000),
+        cat("Pièces détachées vélo", "Mobilité douce", 50, 2000),
+        cat("Vaisselle"), cat("Vaisselle du quotidien", "Vaisselle", 50, 1000),
+        cat("Verrerie / cristallerie", "Vaisselle", 100, 2000),
+        cat("Jouets", None, 100, 2000), cat("Jeux de société / puzzles", "Jouets", 100, 1500),
+        cat("Linge de maison", None, 200, 1500), cat("Bibelots / décoration", None, 50, 1000),
+        cat("Luminaires", None, 200, 4000), cat("Sport / loisirs", None, 100, 5000),
+        cat("Bricolage / jardin"), cat("Outillage à main", "Bricolage / jardin", 100, 3000),
+        cat("Outillage électroportatif (perceuses, ponceuses)", "Bricolage / jardin", 500, 8000),
+        cat("Disques vinyles", None, 200, 1000, active=False), cat("Divers (ancienne grille)", None, active=False),
     )
 
 
 MAIN_SITE = Site(_stable_id("site", "main"), "Ressourcerie des Quatre Vents", "Lyon")
-MAIN_REGISTER = Register(_stable_id("register", "main"), "Caisse 1", MAIN_SITE.id, "Boutique")
+SECOND_SITE = Site(_stable_id("site", "annexe"), "Boutique solidaire de la Croix-Rousse", "Lyon")
+#: The shop's till, in live use: a cashier's session is open on it, with this morning's sales in it.
+LIVE_REGISTER = Register(_stable_id("register", "live"), "Caisse 1", MAIN_SITE.id, "Boutique")
+#: An idle register of the same site.
+MAIN_REGISTER = Register(_stable_id("register", "main"), "Caisse 2", MAIN_SITE.id, "Boutique")
 REPLAY_REGISTER = Register(_stable_id("register", "replay"), "Caisse saisie différée", MAIN_SITE.id,
                            "Reprises Paheko")
+ANNEXE_REGISTER = Register(_stable_id("register", "annexe"), "Caisse Croix-Rousse", SECOND_SITE.id, "Boutique")
+SITES = (MAIN_SITE, SECOND_SITE)
+REGISTERS = (LIVE_REGISTER, MAIN_REGISTER, REPLAY_REGISTER, ANNEXE_REGISTER)
 CATEGORIES = _seed_categories()
+#: The shop's own cashiers: ``marie`` has the live session open on :data:`LIVE_REGISTER`; ``paul`` closed
+#: yesterday's. Plain ``user`` role; passwords ``<username>-dev-password``.
+SHOP_USERS = (User("marie.caissiere", "marie.caissiere-dev-password", role="user", pin="2580"),
+              User("paul.caissier", "paul.caissier-dev-password", role="user", pin="1357"))
 PAYMENT_METHOD_OPTIONS = (
     ("cash", "Espèces"), ("check", "Chèque"), ("card", "Carte bancaire"), ("transfer", "Virement"),
     ("donation", "Don"),
@@ -300,8 +327,10 @@ class RecyclicStore:
         self.token_lifetime = token_lifetime
         self.lock = threading.RLock()
         self.users: dict[str, User] = {user.id: user for user in users}
-        self.sites = (MAIN_SITE,)
-        self.registers = (MAIN_REGISTER, REPLAY_REGISTER)
+        for user in SHOP_USERS:
+            self.users.setdefault(user.id, User(user.username, user.password, user.role, user.pin, user.id))
+        self.sites = SITES
+        self.registers = REGISTERS
         self.categories = CATEGORIES
         self.payment_methods = PAYMENT_METHOD_OPTIONS
         #: Site or register ids for which a "Paheko close mapping" exists (v2 close needs one).
@@ -315,6 +344,54 @@ class RecyclicStore:
         self._access: dict[str, Token] = {}
         self._refresh: dict[str, Token] = {}
         self._logins: dict[str, deque[datetime]] = {}
+        self._seed_shop_activity()
+        #: what the seed put there (the shop's own sessions and sales), to tell them from what a test sent
+        self.seeded = frozenset(self.sessions) | frozenset(self.sales)
+
+    def _seed_shop_activity(self) -> None:
+        """What a shop in business already holds: yesterday's closed session and today's open one, both on
+        the live register, with sales that are not the forwarder's (no Paheko note)."""
+        now = self.clock()
+        marie, paul = (self.users[u.id] for u in SHOP_USERS)
+        books = next(c.id for c in self.categories if c.name == "Livres")
+        kettle = next(c.id for c in self.categories if c.name == "Petit électroménager")
+        clothes = next(c.id for c in self.categories if c.name == "Vêtements adultes")
+
+        def till(user: User, opened: datetime, tickets: list[tuple[str, float, float, str]]) -> CashSession:
+            session = CashSession(_stable_id("session", f"{user.username}-{opened:%Y%m%d}"), user.id, MAIN_SITE.id,
+                                  LIVE_REGISTER.id, 5000, opened, False)
+            session.current_amount_f = 50.0
+            self.sessions[session.id] = session
+            for n, (category, price, kilos, method) in enumerate(tickets, 1):
+                at = opened + timedelta(minutes=17 * n)
+                sale = Sale(_stable_id("sale", f"{session.id}-{n}"), session.id, user.id, cents(price), 0, method,
+                            [(method, cents(price))], None, at, at,
+                            [Line(_stable_id("line", f"{session.id}-{n}"), category, 1, grams(kilos), cents(price),
+                                  cents(price), None, kilos)], [_stable_id("payment", f"{session.id}-{n}")])
+                self.sales[sale.id] = sale
+                session.sale_ids.append(sale.id)
+                session.total_sales_f += price
+                session.current_amount_f += price
+            return session
+
+        yesterday = till(paul, now - timedelta(days=1, hours=6), [(books, 2.0, 0.4, "cash"),
+                                                                   (kettle, 7.5, 1.85, "card"),
+                                                                   (clothes, 4.2, 0.6, "cash")])
+        yesterday.status, yesterday.closed_at = "closed", now - timedelta(hours=21)
+        yesterday.actual_amount = 6370
+        yesterday.closing_amount_f = self._theoretical(yesterday)
+        yesterday.variance_f = 63.7 - yesterday.closing_amount_f
+        yesterday.variance = 6370 - 6370
+        till(marie, now - timedelta(hours=3), [(clothes, 3.0, 0.35, "cash"), (books, 1.5, 0.3, "card")])
+
+    def new_sales(self) -> dict[str, Sale]:
+        """Sales created since the seed (what clients sent)."""
+        with self.lock:
+            return {k: v for k, v in self.sales.items() if k not in self.seeded}
+
+    def new_sessions(self) -> dict[str, CashSession]:
+        with self.lock:
+            return {k: v for k, v in self.sessions.items() if k not in self.seeded}
 
     # -- authentication -------------------------------------------------------------------------
 
