@@ -330,10 +330,10 @@ def test_v2_payments_must_match_known_codes_and_the_total(v2):
     split = v2.sale(session, 6.0, payments=[{"payment_method": "CARD", "amount": 2.5},
                                             {"payment_method": "Transfer", "amount": 3.5}])
     assert split.status_code == 200
-    assert [(p["payment_method"], p["amount"]) for p in split.json()["payments"]] == [
+    assert [(p["payment_method_code"], p["amount"]) for p in split.json()["payments"]] == [
         ("card", 2.5), ("transfer", 3.5)]
     assert len(v2.app.store.new_sales()) == 1
-    codes = [o["code"] for o in v2.http.get("/sales/payment-method-options").json()]
+    codes = [o["code"] for o in v2.http.get("/sales/payment-method-options").json()]  # card, transfer: "bank"
     assert codes == ["cash", "check", "card", "transfer", "donation"]
 
 

@@ -8,6 +8,7 @@ each checked by one test below. Changing the stand-in's behaviour without new ob
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import uuid
@@ -303,6 +304,79 @@ def row_live_opening_blocked(v2, row):
     same_register = v2.http.post("/cash-sessions/", json={"operator_id": MACHINE_USER.id, "site_id": MAIN_SITE.id,
                                                            "register_id": LIVE_REGISTER.id, "initial_amount": 0})
     assert same_operator.json()["detail"] == row["operator"] and same_register.json()["detail"] == row["register"]
+
+
+
+
+# -- rows observed on the lab (a second real v2), 2 December 2026 ----------------------------------------
+
+
+def row_lab_payment_rows(v2, row):
+    session = v2.open()
+    total = sum(amount for _, amount in row["sent"])
+    sale = v2.sale(session, total, payments=[{"payment_method": c, "amount": a} for c, a in row["sent"]]).json()
+    assert [{k: p[k] for k in ("payment_method", "payment_method_code")} for p in sale["payments"]] == row["read_back"]
+    assert sale["payment_method"] == row["sale_payment_method"]
+    for code in row["unchanged"]:
+        paid = v2.sale(session, 1.0, method=code).json()["payments"][0]
+        assert paid["payment_method"] == paid["payment_method_code"] == code
+
+
+def row_lab_payment_method_options(v2, row):
+    assert v2.http.get("/sales/payment-method-options").json() == row["options"]
+
+
+def row_lab_session_list(v2, row):
+    empty = v2.open(opened_at="2026-03-10T10:00:00Z")
+    listed = [s["id"] for s in v2.http.get("/cash-sessions/", params={"status": "open"}).json()["data"]]
+    assert (empty in listed) is row["include_empty_default"]
+    with_empty = v2.http.get("/cash-sessions/", params={"status": "open", "include_empty": "true"}).json()["data"]
+    by_register = v2.http.get("/cash-sessions/", params={"status": "open", "include_empty": "true",
+                                                         "register_id": LIVE_REGISTER.id}).json()["data"]
+    assert row["register_id_filter"] == "ignored" and by_register == with_empty and empty in [s["id"] for s in by_register]
+    assert v2.http.get("/cash-sessions/", params={"limit": row["limit_max"]}).status_code == 200
+    assert v2.http.get("/cash-sessions/", params={"limit": row["limit_max"] + 1}).status_code == 422
+
+
+def row_lab_session_read_back(v2, row):
+    session = v2.open()
+    v2.sale(session)
+    v2.clock.advance(minutes=5)
+    v2.close(session, 26.0)
+    detail = v2.http.get(f"/cash-sessions/{session}").json()
+    assert len(detail) == row["detail_keys"] and set(row["added_keys"]) <= set(detail)
+    assert all(detail[key] is None for key in row["null_on_read_back"])
+    assert detail["register_options"] == row["register_options"]
+    sale = v2.http.get(f"/sales/{detail['sales'][0]['id']}").json()
+    assert row["payment_created_at"] == "server clock" and sale["payments"][0]["created_at"] == sale["created_at"]
+    dated = v2.open(opened_at="2026-03-01T10:00:00Z")
+    back_dated = v2.sale(dated).json()  # sale dated back to the opening; its payment row is written now
+    assert back_dated["created_at"] == "2026-03-01T10:00:00Z"
+    assert back_dated["payments"][0]["created_at"] == "2026-03-14T15:05:00Z"
+
+
+def row_lab_accounting_snapshot(v2, row):
+    session = v2.open()
+    v2.sale(session)
+    snapshot = v2.close(session, 26.0).json()["accounting_close_snapshot"]
+    assert snapshot["schema_version"] == row["schema_version"] and sorted(snapshot) == row["keys"]
+    assert sorted(snapshot["closing"]) == row["closing_keys"]
+
+
+def row_lab_category_too_long(v2, row):
+    session = v2.open()
+    url = httpx.URL(str(v2.http.base_url))
+    body = json.dumps({"cash_session_id": session, "items": [item(category="x" * 51)], "total_amount": 6.0,
+                       "payments": [{"payment_method": "cash", "amount": 6.0}]})
+    connection = http.client.HTTPConnection(url.host, url.port, timeout=5)
+    connection.request("POST", url.path + "sales/", body, {"Content-Type": "application/json",
+                                                           "Authorization": v2.http.headers["Authorization"]})
+    crash = connection.getresponse()
+    assert crash.status == row["status"] and crash.read() == b"Internal Server Error"
+    assert row["connection"] == "reset after the answer"
+    assert crash.getheader("Connection") == "close" and connection.sock is None  # no kept-alive connection left
+    connection.close()
+    assert v2.app.store.new_sales() == {}
 
 
 ROW_CHECKS = {name[4:]: check for name, check in dict(globals()).items() if name.startswith("row_")}

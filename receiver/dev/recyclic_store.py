@@ -201,10 +201,19 @@ CATEGORIES = _seed_categories()
 #: yesterday's. Plain ``user`` role; passwords ``<username>-dev-password``.
 SHOP_USERS = (User("marie.caissiere", "marie.caissiere-dev-password", role="user", pin="2580"),
               User("paul.caissier", "paul.caissier-dev-password", role="user", pin="1357"))
+#: ``GET /sales/payment-method-options`` of a fresh v2 (seeded by its migrations): code, label, kind (observed
+#: on the lab, December 2026).
 PAYMENT_METHOD_OPTIONS = (
-    ("cash", "Espèces"), ("check", "Chèque"), ("card", "Carte bancaire"), ("transfer", "Virement"),
-    ("donation", "Don"),
+    ("cash", "Espèces", "cash"), ("check", "Chèque", "bank"), ("card", "Carte", "bank"),
+    ("transfer", "Virement", "bank"), ("donation", "Don", "other"),
 )
+#: A payment row's ``payment_method`` is v2's legacy aggregated column: observed on the lab, a ``transfer``
+#: payment reads back "card" (the code sent is in ``payment_method_code``); cash, check and card read back as
+#: sent. Facts silent on ``donation``: kept as sent.
+LEGACY_PAYMENT_COLUMN = {"transfer": "card"}
+#: ``payment_method_id`` of the seeded methods (cash and card observed on the lab; the others follow the pattern)
+PAYMENT_METHOD_IDS = {code: str(uuid.UUID(int=int(digit * 32, 16))) for code, digit in
+                      (("cash", "1"), ("check", "2"), ("card", "3"), ("transfer", "4"), ("donation", "5"))}
 
 
 @dataclass
@@ -240,6 +249,8 @@ class Sale:
     created_at: datetime
     items: list[Line]
     payment_ids: list[str] = field(default_factory=list)
+    #: when the payment rows were written: the server clock, even when the sale is dated back (observed)
+    recorded_at: datetime | None = None
 
     def total_weight(self) -> float:
         """Σ line weights as a float sum (``70.85000000000001`` and the like, as read back from the real one)."""
@@ -638,8 +649,8 @@ class RecyclicStore:
         return self.session_json(session, close_answer=True)
 
     def _close_side_effects(self, session: CashSession, now: datetime) -> None:
-        """v2 writes a CSV report, freezes an accounting snapshot and queues a Paheko outbox item (observed;
-        the snapshot's and the report name's inner layout are the stand-in's own, the facts don't show them)."""
+        """v2 writes a CSV report, freezes an accounting snapshot and queues a Paheko outbox item (observed; the
+        snapshot's layout as seen on the lab, the report file's name is the stand-in's own)."""
         session.correlation_id = str(uuid.uuid4())
         session.report_name = f"cash_session_{session.id}_{now:%Y%m%d_%H%M%S}.csv"
         session.report_token = secrets.token_urlsafe(24)
@@ -648,15 +659,21 @@ class RecyclicStore:
         for sale_id in session.sale_ids:
             for code, amount in self.sales[sale_id].payments:
                 by_method[code] = by_method.get(code, 0.0) + amount / 100
-        session.accounting_close_snapshot = {
-            "schema_version": 1, "cash_session_id": session.id, "site_id": session.site_id,
-            "register_id": session.register_id, "closed_at": _iso_z(now),
-            "sync_correlation_id": session.correlation_id,
+        session.accounting_close_snapshot = {  # the layout observed on the lab (schema_version 2)
+            "schema_version": 2, "correction_policy": "append_only_v1", "session_id": session.id,
+            "site_id": session.site_id, "register_id": session.register_id,
             "accounting_config_revision_id": session.accounting_config_revision_id,
-            "totals": {"by_payment_method_signed": by_method, "sales_completed": session.total_sales_f,
-                       "refunds": 0.0, "net": session.total_sales_f},
-            "theoretical_cash_amount": session.closing_amount_f, "actual_cash_amount": session.actual_amount / 100,
-            "cash_variance": session.variance_f,
+            "sync_correlation_id": session.correlation_id.replace("-", ""),
+            "local_prep_state": "snapshot_persisted_outbox_enqueued_v1", "closed_at_utc": now.isoformat(),
+            "totals": {"by_payment_method_signed": by_method, "refunds_current_fiscal_by_payment_method": {},
+                       "refunds_prior_closed_fiscal_by_payment_method": {}, "donation_surplus_total": 0.0,
+                       "refunds_current_fiscal_total": 0.0, "refunds_prior_closed_fiscal_total": 0.0,
+                       "cash_signed_net_from_journal": by_method.get("cash", 0.0),
+                       "payment_transaction_line_count": sum(len(self.sales[s].payments) for s in session.sale_ids),
+                       "preview_fallback_legacy_totals": False, "cash_disbursement_lines": [],
+                       "cash_internal_transfer_lines": []},
+            "closing": {"theoretical_cash_amount": session.closing_amount_f,
+                        "actual_cash_amount": session.actual_amount / 100, "cash_variance": session.variance_f},
         }
         item = OutboxItem(str(uuid.uuid4()), session.id, session.site_id, session.correlation_id, now, now,
                           {"cash_session_id": session.id, "accounting_close_snapshot": session.accounting_close_snapshot})
@@ -730,7 +747,7 @@ class RecyclicStore:
             donation = float(data.get("donation") or 0)
             sale = Sale(str(uuid.uuid4()), session.id, user.id, total, cents(donation), method,
                         payments, data.get("note") if self.profile == "v2" else None, when, when, lines,
-                        [str(uuid.uuid4()) for _ in payments])
+                        [str(uuid.uuid4()) for _ in payments], now)
             self.sales[sale.id] = sale
             session.sale_ids.append(sale.id)
             session.total_sales_f += float(data["total_amount"]) - donation
@@ -746,7 +763,7 @@ class RecyclicStore:
         on a 0 € or negative total without ``payments``: no payment row (a payment amount must be > 0)."""
         if self.profile == "legacy":
             return [], data["payment_method"]
-        known = {code for code, _ in self.payment_methods}
+        known = {code for code, _, _ in self.payment_methods}
         if data.get("payments") is not None:
             payments = [(p["payment_method"].lower(), cents(p["amount"])) for p in data["payments"]]
             unknown = sorted({code for code, _ in payments} - known)
@@ -758,11 +775,11 @@ class RecyclicStore:
             positive = sum(cents(i["total_price"]) for i in data["items"] if cents(i["total_price"]) > 0)
             if any(cents(i["total_price"]) < 0 for i in data["items"]) and total < positive:
                 raise ApiError(400, "BAD_REQUEST", "Le montant total doit couvrir les lignes positives")
-            return payments, payments[0][0] if payments else "cash"
+            return payments, LEGACY_PAYMENT_COLUMN.get(payments[0][0], payments[0][0]) if payments else "cash"
         method = (data.get("payment_method") or "cash").lower()
         if method not in known:
             raise ApiError(400, "BAD_REQUEST", f"Moyen de paiement inconnu : {method}")
-        return ([(method, total)] if total > 0 else []), method
+        return ([(method, total)] if total > 0 else []), LEGACY_PAYMENT_COLUMN.get(method, method)
 
     def sale(self, sale_id: str) -> Sale:
         with self.lock:

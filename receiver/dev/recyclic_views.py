@@ -21,9 +21,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from receiver.dev.recyclic_store import CashSession, RecyclicStore, Sale
 
-#: The register options every v2 session carries (read in v2's code: the default feature set).
-REGISTER_OPTIONS = {"features": {"no_item_pricing": {
-    "enabled": False, "label": "Mode prix global (total saisi manuellement, article sans prix)"}}}
+#: The register options of a register with no workflow option set (observed on the lab: ``{"features": {}}``).
+REGISTER_OPTIONS: dict[str, Any] = {"features": {}}
 #: v2 builds report links for the browser, behind the production proxy, whatever the backend's own prefix.
 BROWSER_API_PREFIX = "/api/v1"
 
@@ -93,12 +92,15 @@ def _sale_in_session(store: "RecyclicStore", sale: "Sale") -> dict[str, Any]:
 
 
 def _payments(sale: "Sale") -> list[dict[str, Any]]:
-    # facts silent on the payment rows' inner keys: the list read in v2's code (PaymentResponse)
-    return [{"payment_method": code, "amount": amount / 100, "id": payment_id, "sale_id": sale.id,
-             "payment_method_id": None, "payment_method_code": code, "nature": "sale_payment",
-             "direction": "inflow", "original_sale_id": None, "original_payment_method_id": None,
-             "is_prior_year_special_case": False, "paheko_account_override": None, "notes": None,
-             "created_at": _iso_z(sale.created_at)}
+    """Payment rows as observed on the lab: ``payment_method`` is the legacy aggregated column (a transfer reads
+    "card"), ``payment_method_code`` the code sent, ``created_at`` the server clock when written."""
+    from receiver.dev.recyclic_store import LEGACY_PAYMENT_COLUMN, PAYMENT_METHOD_IDS
+
+    return [{"payment_method": LEGACY_PAYMENT_COLUMN.get(code, code), "amount": amount / 100, "id": payment_id,
+             "sale_id": sale.id, "payment_method_id": PAYMENT_METHOD_IDS.get(code), "payment_method_code": code,
+             "nature": "sale_payment", "direction": "inflow", "original_sale_id": None,
+             "original_payment_method_id": None, "is_prior_year_special_case": False,
+             "paheko_account_override": None, "notes": None, "created_at": _iso_z(sale.recorded_at or sale.created_at)}
             for (code, amount), payment_id in zip(sale.payments, sale.payment_ids)]
 
 

@@ -266,8 +266,8 @@ def assert_recyclic_matches_paheko(run: Run, *, closed: bool = True) -> dict[str
         assert got == expected, (key, got, expected)
         assert cents(sale["total_amount"]) == sum(line[2] for line in expected), key
         paid = Counter()
-        for payment in sale["payments"]:
-            paid[payment["payment_method"]] += cents(payment["amount"])
+        for payment in sale["payments"]:  # the code sent; ``payment_method`` reads "card" for any bank code
+            paid[payment.get("payment_method_code") or payment["payment_method"]] += cents(payment["amount"])
         assert sum(paid.values()) == cents(sale["total_amount"]), key
         if key in whole:
             assert paid == +tab["payments"], (key, paid, tab["payments"])
