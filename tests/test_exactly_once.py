@@ -33,7 +33,7 @@ def flush_idempotency(recyclic_app) -> None:
 
 def recyclic_state(p) -> tuple[dict, int, int]:
     """(sales per Paheko (session, tab), Recyclic sessions, open Recyclic sessions)."""
-    sessions = list(p.recyclic_app.store.sessions.values())
+    sessions = list(p.recyclic_app.store.new_sessions().values())  # the shop's own sessions left aside
     return dict(p.sales_by_tab()), len(sessions), len([s for s in sessions if s.status == "open"])
 
 
@@ -228,7 +228,7 @@ def test_without_a_sink_sessions_wait_and_resend_moves_them_to_the_current_sink_
     assert {e.state for e in entries} == {State.FAILED} and all(e.attempts == 0 for e in entries)
     assert all("Aucune destination configurée" in e.reason for e in entries)
     assert all(e.snapshot is not None for e in entries)  # re-read while waiting
-    assert "none configured" in cli("status") and pipeline.recyclic_app.store.sales == {}
+    assert "none configured" in cli("status") and pipeline.recyclic_app.store.new_sales() == {}
 
     path.write_text(head + f'[sources.lab.sink]\ntype = "file"\npath = "{out}"\n')
     cli("ledger", "retry", "--source", "lab")
@@ -243,7 +243,7 @@ def test_without_a_sink_sessions_wait_and_resend_moves_them_to_the_current_sink_
         assert {e.state for e in pipeline.ledger.list()} == {State.FORWARDED}
         by_tab = pipeline.sales_by_tab()
         assert set(by_tab) >= EXPECTED_TABS and set(by_tab.values()) == {1}
-        assert len(pipeline.recyclic_app.store.sessions) == 2
+        assert len(pipeline.recyclic_app.store.new_sessions()) == 2
 
     path.write_text(head + f'[sources.lab.sink]\ntype = "file"\npath = "{out}"\n')
     cli("ledger", "resend", "--source", "lab", "--state", "forwarded")
