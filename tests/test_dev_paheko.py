@@ -246,3 +246,45 @@ def test_command_help_teaches() -> None:
     assert result.exit_code == 0
     for option in ("--db", "--host", "--port", "--user", "--password", "--level", "read-only"):
         assert option in result.output
+
+
+# -- caisse data shapes seen on real tills --------------------------------------------------------------
+
+
+def test_real_till_shapes_are_served(tmp_path: Path) -> None:
+    from receiver.dev.paheko_tills import add_real_till_shapes
+
+    db = tmp_path / "tills.sqlite"
+    shutil.copy(FIXTURES / "paheko-caisse.sqlite", db)
+    weekend, utc_close = add_real_till_shapes(db)
+    with LocalServer(create_paheko_app(db, {"k": ("s", "read")})) as server:
+        def sql(query: str) -> list[dict]:
+            answer = httpx.post(server.url + "/api/sql", json={"sql": query}, auth=("k", "s"))
+            assert answer.status_code == 200, answer.text
+            return answer.json()["results"]
+
+        sessions = {r["id"]: r for r in sql("SELECT id, opened, closed, result, nb_tabs FROM plugin_pos_sessions")}
+        assert sessions[weekend.id]["opened"][:10] == "2026-11-27" and sessions[weekend.id]["closed"][:10] == "2026-11-30"
+        assert sessions[utc_close.id]["closed"] < sessions[utc_close.id]["opened"]  # 1.3.21: closed in UTC
+        tabs = [r["id"] for r in sql(f"SELECT id FROM plugin_pos_tabs WHERE session = {weekend.id} ORDER BY id")]
+        assert tabs == weekend.tabs and weekend.deleted_tabs[0] not in tabs and tabs[-1] - tabs[0] == len(tabs)
+        free = sql(f"SELECT (SELECT SUM(total) FROM plugin_pos_tabs_items WHERE tab = {tabs[0]}) AS total, "
+                   f"(SELECT COUNT(*) FROM plugin_pos_tabs_payments WHERE tab = {tabs[0]}) AS payments")[0]
+        assert free == {"total": 0, "payments": 0}
+        multi = sql(f"SELECT qty, weight FROM plugin_pos_tabs_items WHERE tab = {tabs[1]} AND qty > 2")[0]
+        assert multi == {"qty": 4, "weight": 350}  # grams per unit: 1 400 g on the line
+        assert sessions[weekend.id]["nb_tabs"] == 3 and sessions[weekend.id]["result"] == 600 + 600 + 2400
+
+
+def test_command_serves_real_till_shapes_on_a_copy(tmp_path: Path) -> None:
+    db = tmp_path / "orig.sqlite"
+    shutil.copy(FIXTURES / "paheko-caisse.sqlite", db)
+    before = db.read_bytes()
+    result = CliRunner().invoke(paheko_command, ["--help"])
+    assert "--real-till-shapes" in result.output
+    from receiver.dev.paheko_tills import add_real_till_shapes  # the command adds them to a copy only
+
+    copy = tmp_path / "copy.sqlite"
+    shutil.copy(db, copy)
+    assert [s.id for s in add_real_till_shapes(copy)] == [3, 4]
+    assert db.read_bytes() == before

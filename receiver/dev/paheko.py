@@ -535,13 +535,29 @@ def create_paheko_app(db_path: str | Path, credentials: dict[str, tuple[str, str
 @click.option("--password", default="demo", show_default=True, help="API key secret clients must send.")
 @click.option("--level", default="read", show_default=True, type=click.Choice(sorted(ACCESS_LEVELS)),
               help="Access level of that key (read is enough for /api/sql and /api/download).")
-def paheko_command(db_path: Path, host: str, port: int, user: str, password: str, level: str) -> None:
+@click.option("--real-till-shapes", is_flag=True,
+              help="Serve a copy of --db with sessions shaped like real tills added: a free tab without payment, "
+                   "per-unit weights on multi-quantity lines, a deleted tab, a till left open for days, "
+                   "Paheko 1.3.21's closed time in UTC.")
+def paheko_command(db_path: Path, host: str, port: int, user: str, password: str, level: str,
+                   real_till_shapes: bool) -> None:
     """Serve a local stand-in of Paheko's API (/api/sql, /api/download) over a Paheko SQLite file.
 
     It answers like Paheko 1.3.22 does (same statuses, errors, JSON layout, sandbox), so the receiver
     can re-read caisse sessions without a real Paheko. Point the receiver's Paheko URL at the printed
     address with the printed credentials. Stop with Ctrl-C.
     """
+    if real_till_shapes:
+        import shutil
+        import tempfile
+
+        from receiver.dev.paheko_tills import add_real_till_shapes
+
+        copy = Path(tempfile.mkdtemp(prefix="paheko-tills-")) / db_path.name
+        shutil.copy(db_path, copy)
+        for added in add_real_till_shapes(copy):
+            click.echo(f"  added session {added.id}: {added.shape}")
+        db_path = copy
     app = create_paheko_app(db_path, {user: (password, level)})
     server = LocalServer(app, host, port)
     url = server.url

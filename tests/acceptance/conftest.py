@@ -48,6 +48,19 @@ def paheko(tmp_path):
 
 
 @pytest.fixture
+def till_shapes_run(tmp_path, target, proxy):
+    """A run over the fixture plus sessions shaped like real tills (Paheko stand-in only)."""
+    from receiver.dev.paheko_tills import add_real_till_shapes
+
+    if real_paheko() is not None:
+        pytest.skip("real-till shapes are added to the Paheko stand-in's copy only")
+    db = copy_fixture_db(tmp_path)
+    added = [s.id for s in add_real_till_shapes(db)]
+    with LocalServer(create_paheko_app(str(db), {PAHEKO_KEY[0]: (PAHEKO_KEY[1], "read")})) as server:
+        yield Run(tmp_path, target, Paheko(server.url, *PAHEKO_KEY, sessions=[1, 2, *added]), proxy.url)
+
+
+@pytest.fixture
 def proxy(target):
     proxy = FaultProxy(target.url)
     with LocalServer(proxy) as server:

@@ -26,6 +26,16 @@ def test_forward_the_fixture_sessions_and_read_every_sale_back(run, proxy):
     assert proxy.count(CLOSES) == len(run.paheko.sessions)
 
 
+def test_real_till_shapes_reach_recyclic_to_the_cent_and_gram(till_shapes_run, proxy):
+    """A free tab without payment, multi-quantity lines weighed per unit, a deleted tab, a till open for days,
+    and Paheko 1.3.21's UTC close time: every whole tab arrives, once, to the cent and the gram."""
+    run = till_shapes_run
+    run.worker_once()
+    assert run.settled_sessions()["forwarded"] == len(run.paheko.sessions), run.ledger("list", "--source", run.source)
+    figures = assert_recyclic_matches_paheko(run)
+    assert figures["recyclic_sessions"] == len(run.paheko.sessions)
+
+
 def test_lost_answers_leave_no_duplicate_and_nothing_missing(run, proxy):
     proxy.lose_answer(SALES, 2, 5)  # processed by Recyclic, answer never received
     proxy.lose_answer(CLOSES, 1)
