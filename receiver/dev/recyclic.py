@@ -16,6 +16,17 @@ offers, for tests and the demo:
 - ``app.faults`` — scripted failures and a down switch (:mod:`receiver.dev.recyclic_faults`);
 - ``clock`` — inject a :class:`~receiver.dev.recyclic_store.ManualClock` to expire tokens, idempotency
   keys, PIN locks and the login rate limit without waiting.
+
+v2 is pinned to the real backend's observed answers by ``tests/test_recyclic_contract.py`` (data in
+``tests/fixtures/recyclic-v2/``). The ``legacy`` profile (Recyclic 1.3, read from its source only, never run)
+follows the facts where they speak — no refresh token, no back-dating (``opened_at`` ignored), a second open
+session per operator or register refused, one ``payment_method`` among cash/card/check and no ``payments``,
+no note kept, no step-up PIN, no Paheko close mapping, the 24 h idempotency keys, the login limit, the
+500 on a long category. **Where the facts are silent on 1.3** the stand-in keeps its earlier behaviour and
+says so next to it: the statuses of a sale into a closed session (400) and of an unknown operator (400), the
+read-back shapes (15 session keys, sales with ``cash_session_id``, ``+00:00`` datetimes), the close-check
+order, exact variance (no tolerance), the empty-session answer and the session list (offered as in v2).
+Its error texts are v2's French ones, unverified for 1.3.
 """
 
 from __future__ import annotations
