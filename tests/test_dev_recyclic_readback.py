@@ -185,12 +185,14 @@ def test_the_right_pin_resets_the_failure_count(v2):
 # -- close: checks in the real order, side effects -------------------------------------------------
 
 
-def test_close_checks_pin_then_empty_then_variance_then_close_mapping():
+def test_close_checks_pin_then_variance_then_empty_then_close_mapping():
     with serve("v2", paheko_close_mappings=[]) as stand:
         stand.login()
-        empty = stand.open(opened_at="2026-03-01T10:00:00Z")
-        assert stand.close(empty, 0.0, pin="").json()["code"] == "STEP_UP_PIN_REQUIRED"
-        deleted = stand.close(empty, 0.0)  # no close mapping, yet the empty session goes
+        empty = stand.open(opened_at="2026-03-01T10:00:00Z", initial_amount=10.0)
+        assert stand.close(empty, 10.0, pin="").json()["code"] == "STEP_UP_PIN_REQUIRED"
+        # an empty session counted at another amount than its float needs a comment before it is deleted
+        assert stand.close(empty, 0.0).status_code == 400
+        deleted = stand.close(empty, 10.0)  # no close mapping, yet the empty session goes
         assert deleted.status_code == 200 and deleted.json()["deleted"] is True
         session = stand.open()
         stand.sale(session)

@@ -68,6 +68,9 @@ DEFAULT_USERS: tuple[User, ...] = (
 )
 CONTEXT_HEADER_PREFIX = "x-recyclique-context-"
 LOGIN_RATE_LIMIT_BODY = {"error": "Rate limit exceeded: 10 per 1 minute"}
+#: The v2 error envelope's keys after ``correlation_id`` (observed on the lab; the facts wrote "…").
+ENVELOPE_POLICY_KEYS = ("policy_reason_code", "policy_version", "cash_session_id", "site_id",
+                        "blocking_outbox_item_id", "mapping_resolution_code")
 
 
 def create_recyclic_app(profile: Profile = "v2", *, prefix: str = "/v1", users: Iterable[User] | None = None,
@@ -279,8 +282,11 @@ def create_recyclic_app(profile: Profile = "v2", *, prefix: str = "/v1", users: 
         return response
 
     def envelope(status: int, code: str, detail: Any, retryable: bool) -> tuple[Response, int]:
-        return jsonify({"code": code, "detail": detail, "retryable": retryable,
-                        "correlation_id": g.get("correlation_id")}), status
+        body = {"code": code, "detail": detail, "retryable": retryable, "correlation_id": g.get("correlation_id")}
+        if profile == "v2":  # the real v2's envelope has 11 keys, the policy ones null here (observed on the lab)
+            body = {"code": code, "detail": detail, "retryable": retryable, "state": None,
+                    "correlation_id": g.get("correlation_id"), **dict.fromkeys(ENVELOPE_POLICY_KEYS)}
+        return jsonify(body), status
 
     @app.errorhandler(ApiError)
     def api_error(error: ApiError):

@@ -317,8 +317,11 @@ def fingerprint(body: Any) -> str:
 #: Keys of a sale's first answer that an idempotent replay does not carry (observed, probe P8b).
 REPLAY_DROPPED_KEYS = ("fiscal_branch", "sale_fiscal_year", "current_open_fiscal_year", "effective_business_tag")
 
-#: v2's close checks, in the order observed on the real backend (facts table "close checks, in order").
-CLOSE_CHECKS_V2 = ("pin", "empty", "closed", "variance", "mapping")
+#: v2's close checks, in the order observed on the real backend: the facts table gives PIN → empty → variance →
+#: mapping, but on the lab an *empty* session closed with an amount other than its float and no comment was
+#: refused (400 variance comment) before being deleted — the variance check comes first (as in v2's code), then
+#: the empty session is deleted (even without a close mapping), then the close mapping is checked.
+CLOSE_CHECKS_V2 = ("pin", "closed", "variance", "empty", "mapping")
 #: Legacy 1.3: no step-up PIN and no Paheko close mapping. The facts are silent on the order of the others;
 #: kept as the stand-in had it (status, then empty, then variance).
 CLOSE_CHECKS_LEGACY = ("closed", "empty", "variance")
