@@ -77,6 +77,9 @@ class PahekoApi:
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     first_session: int = 1
+    #: Total seconds one read may take, retries and their waits included (each attempt's timeouts
+    #: are cut to what is left): a hung Paheko costs this much, never retries × read_timeout.
+    deadline: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,9 @@ class ReceiverSettings:
 @dataclass(frozen=True)
 class WorkerSettings:
     poll_interval: float = 60.0
+    #: Seconds a claim on an entry lasts; a working worker renews it every third of that, so the
+    #: entry of a worker that died (kill -9, power loss) is taken over this long after its last renewal.
+    lease: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,7 @@ class PahekoApiSchema(_Strict):
     connect_timeout = fields.Float(load_default=5.0, validate=validate.Range(min=0.1, max=60))
     read_timeout = fields.Float(load_default=30.0, validate=validate.Range(min=0.1, max=600))
     first_session = fields.Integer(load_default=1, strict=True, validate=validate.Range(min=1))
+    deadline = fields.Float(load_default=60.0, validate=validate.Range(min=1, max=3600))
 
     @post_load
     def make(self, data, **kwargs) -> PahekoApi:
@@ -185,6 +192,7 @@ class ReceiverSettingsSchema(_Strict):
 
 class WorkerSettingsSchema(_Strict):
     poll_interval = fields.Float(load_default=60.0, validate=validate.Range(min=1))
+    lease = fields.Float(load_default=15.0, validate=validate.Range(min=1, max=600))
 
     @post_load
     def make(self, data, **kwargs) -> WorkerSettings:

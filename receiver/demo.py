@@ -13,7 +13,6 @@ import secrets
 import shutil
 import sqlite3
 import string
-import threading
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -30,7 +29,7 @@ from receiver.dev.server import LocalServer
 from receiver.ledger import Ledger, State
 from receiver.sinks.recyclic.mapping.mapper import euros
 from receiver.services import EXTENSION
-from receiver.worker import Worker
+from receiver.runner import Runner
 
 SETTLED = (State.FORWARDED, State.HELD, State.DEAD)
 #: Paheko category → the Recyclic category an operator picks in the stand-in's shop grid. "Électroménager"
@@ -123,12 +122,10 @@ class Stack:
     recyclic: LocalServer
     receiver: LocalServer
     ledger: Ledger
-    worker_thread: threading.Thread
-    stop: threading.Event
+    runner: Runner
 
     def close(self) -> None:
-        self.stop.set()
-        self.worker_thread.join(timeout=30)
+        self.runner.stop()
         for server in (self.receiver, self.recyclic, self.paheko):
             server.stop()
         self.ledger.close()
@@ -182,10 +179,8 @@ def demo(workdir: Path, timeout: float) -> None:
     logging.getLogger("receiver").setLevel(logging.WARNING)  # the demo narrates; JSON logs are for servers
     ledger = app.extensions[EXTENSION].ledger
     receiver = LocalServer(app).start()
-    stop = threading.Event()
-    worker = Worker(config, ledger)
-    thread = threading.Thread(target=worker.run_forever, args=(stop,), kwargs={"idle": 0.05}, daemon=True)
-    stack = Stack(paheko, recyclic, receiver, ledger, thread, stop)
+    runner = Runner(config, ledger)
+    stack = Stack(paheko, recyclic, receiver, ledger, runner)
     click.echo(f"  Paheko   {paheko.url}  (copy of the bundled caisse database)")
     click.echo(f"  Recyclic {recyclic.url}/v1  (profile v2)")
     click.echo(f"  receiver {receiver.url}/api/paheko/caisse/v1/session-closed")
@@ -195,12 +190,10 @@ def demo(workdir: Path, timeout: float) -> None:
             answer = send(CapturedRequest.from_payload(module_payload(db, 2)), receiver.url, webhook).json()
             click.echo(f"  → {answer['message']} (état : {answer['state_label']})")
         click.echo("Session 1 is not notified: the reconciliation poller must find it.\n")
-        thread.start()
+        runner.start()
         click.echo("Pipeline:")
         entries = _wait(ledger, [1, 2], timeout, click.echo)
-        stop.set()  # let the worker finish its step before closing its clients
-        thread.join(timeout=30)
-        worker.close()
+        runner.stop()  # let the worker finish its step before the report reads the ledger
         _report(entries, ledger, recyclic_app, click.echo)
         click.echo(f"\nConfiguration: {config_path}\nLedger:        {workdir / 'ledger.sqlite'}")
         click.echo(f"Look closer:   python3 dev.py -- --config {config_path} ledger show lab:1")

@@ -26,7 +26,7 @@ from receiver.outcomes import MustAct, RetryLater
 from receiver.sinks import Sink
 from receiver.sinks.exactly import ForwardLog
 from receiver.sinks.registry import SinkPool
-from receiver.reread.client import PahekoAuthError, PahekoClient, PahekoError, PahekoSQLError
+from receiver.reread.client import PahekoAuthError, PahekoCancelled, PahekoClient, PahekoError, PahekoSQLError
 from receiver.reread.poller import PollReport, poll_source
 from receiver.services import Metrics
 from receiver.reread.snapshot import (
@@ -39,6 +39,64 @@ from receiver.reread.snapshot import (
 )
 
 log = logging.getLogger("receiver.worker")
+
+
+class ClaimKeeper:
+    """The heartbeat of one process's claims: renews them every third of the lease while they are held.
+
+    Claims are short (``[worker] lease``, 15 s by default) so that the entry of a worker killed
+    without warning is taken over within seconds; a live worker keeps its claim however long a
+    step lasts. A claim found taken by someone else (this process was frozen past its lease) is
+    reported by :meth:`lost`, and the worker drops the entry at its next step.
+    """
+
+    def __init__(self, ledger: Ledger, lease: timedelta):
+        self.ledger = ledger
+        self.lease = lease
+        self._held: dict[int, str] = {}
+        self._lost: set[int] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def hold(self, entry_id: int, worker: str) -> None:
+        with self._lock:
+            self._held[entry_id] = worker
+            self._lost.discard(entry_id)
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name="claim-heartbeat", daemon=True)
+                self._thread.start()
+
+    def drop(self, entry_id: int) -> None:
+        with self._lock:
+            self._held.pop(entry_id, None)
+            self._lost.discard(entry_id)
+
+    def lost(self, entry_id: int) -> bool:
+        with self._lock:
+            return entry_id in self._lost
+
+    def renew(self) -> None:
+        with self._lock:
+            held = dict(self._held)
+        if not held:
+            return
+        kept = self.ledger.renew_claims(held, lease=self.lease)
+        with self._lock:
+            self._lost.update(i for i in held if i not in kept and i in self._held)
+
+    def _run(self) -> None:
+        interval = max(self.lease.total_seconds() / 3, 0.05)
+        while not self._wake.wait(interval):
+            try:
+                self.renew()
+            except Exception as exc:  # noqa: BLE001 - a ledger hiccup: the next beat retries
+                log.warning("claim renewal failed", extra={"event": "heartbeat", "error": str(exc)})
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
 
 #: Delay before each retry, in seconds (Svix-like); past the last one the entry is dead (~3.2 days).
 RETRY_SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 36000, 36000, 36000, 36000, 36000, 36000)
@@ -57,6 +115,20 @@ StepFailed = RetryLater
 StepHeld = MustAct
 
 
+class Interrupted(Exception):
+    """The worker is stopping, or lost its claim, in the middle of a step: nothing of it was recorded."""
+
+
+def is_source_fault(failure: RetryLater, step: str) -> bool:
+    """Whether a failure is the source's own (its Paheko or its sink unreachable or failing) rather than
+    this one session's (still open in Paheko, waiting for a destination): the runner then pauses the
+    whole source. A re-read says so explicitly; a forward that must be retried is the sink's fault."""
+    explicit = getattr(failure, "source_fault", None)
+    if explicit is not None:
+        return explicit
+    return step == "forward" and failure.counts
+
+
 @dataclass
 class Worker:
     """Processes due ledger entries and polls each source; one instance per thread."""
@@ -64,15 +136,26 @@ class Worker:
     config: Config
     ledger: Ledger
     name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}")
-    lease: timedelta = timedelta(minutes=10)
+    lease: timedelta | None = None  # default: [worker] lease
     rng: random.Random = field(default_factory=random.Random)
     client_factory: Callable[[Source], PahekoClient] | None = None
     sink_factory: Callable[[Source], Sink] | None = None
     sinks: SinkPool | None = None  # shared by the worker threads of a process (one Recyclic login)
     metrics: Metrics | None = None
     on_step: Callable[[Entry, str], None] | None = None  # test hook: called after each committed step
+    claims: ClaimKeeper | None = None  # shared by a process's workers; default: one of its own
+    stop: threading.Event | None = None  # set: Paheko reads in progress are abandoned (Interrupted)
+    #: Whether the last process() ended on a failure of the source itself (see is_source_fault).
+    last_fault: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
+        if self.lease is None:
+            self.lease = timedelta(seconds=self.config.worker.lease)
+        if self.claims is None:
+            self.claims = ClaimKeeper(self.ledger, self.lease)
+            self._own_claims = True
+        else:
+            self._own_claims = False
         self._clients: dict[str, PahekoClient] = {}
         self._sinks: dict[str, Sink] = {}
         self._own_sinks = False
@@ -82,7 +165,7 @@ class Worker:
 
     def client(self, source: Source) -> PahekoClient:
         if source.name not in self._clients:
-            factory = self.client_factory or (lambda s: PahekoClient(s.name, s.paheko))
+            factory = self.client_factory or (lambda s: PahekoClient(s.name, s.paheko, cancel=self.stop))
             self._clients[source.name] = factory(source)
         return self._clients[source.name]
 
@@ -103,6 +186,8 @@ class Worker:
             sink.close()
         if self._own_sinks and self.sinks is not None:
             self.sinks.close()
+        if self._own_claims:
+            self.claims.close()
 
     # -- polling -------------------------------------------------------------------------
 
@@ -127,33 +212,47 @@ class Worker:
 
     # -- processing ----------------------------------------------------------------------
 
-    def run_once(self, *, limit: int | None = None) -> int:
-        """Process due entries until none is left (or ``limit``); return how many steps ran."""
+    def run_once(self, *, limit: int | None = None, source: str | None = None) -> int:
+        """Process due entries (of ``source``) until none is left (or ``limit``); return how many ran."""
         steps = 0
         while limit is None or steps < limit:
-            entry = self.ledger.claim(self.name, lease=self.lease)
+            if self.stop is not None and self.stop.is_set():
+                break
+            entry = self.claim(source=source)
             if entry is None:
                 break
-            try:
-                self.process(entry)
-            finally:
-                self.ledger.release_claim(entry.id, self.name)
+            self.process_claimed(entry)
             steps += 1
         return steps
 
-    def run_forever(self, stop: threading.Event, *, idle: float = 1.0) -> None:
-        """Poll and process until ``stop`` is set; finishes the current step before returning."""
-        while not stop.is_set():
-            self.poll_due_sources()
-            if self.run_once(limit=50) == 0:
-                stop.wait(idle)
+    def claim(self, *, source: str | None = None, entry_id: int | None = None) -> Entry | None:
+        """Claim a due entry (kept alive by the heartbeat until :meth:`process_claimed` releases it)."""
+        entry = self.ledger.claim(self.name, lease=self.lease, source=source, entry_id=entry_id)
+        if entry is not None:
+            self.claims.hold(entry.id, self.name)
+        return entry
+
+    def process_claimed(self, entry: Entry) -> Entry:
+        """Process a claimed entry, then release the claim (also when stopping or failing)."""
+        try:
+            return self.process(entry)
+        except Interrupted as exc:
+            log.warning("step interrupted", extra={"event": "interrupted", "source": entry.source,
+                                                   "session_id": entry.session_id, "error": str(exc)})
+            return entry
+        finally:
+            self.claims.drop(entry.id)
+            self.ledger.release_claim(entry.id, self.name)
 
     def process(self, entry: Entry) -> Entry:
         """Run every remaining step of one claimed entry; return it as it ends."""
         source = self.config.sources.get(entry.source)
+        self.last_fault = False
         if source is None:
             return self._hold(entry, StepHeld(f"La source « {entry.source} » n'est plus dans la configuration du récepteur."))
         while entry.state not in (State.FORWARDED, State.HELD, State.DEAD):
+            if self.claims.lost(entry.id):
+                raise Interrupted(f"claim on entry {entry.id} lost (lease expired): another worker may have it")
             started = time.perf_counter()
             step = "reread" if entry.snapshot is None else "map" if entry.mapped is None else "forward"
             try:
@@ -161,6 +260,7 @@ class Worker:
             except StepHeld as held:
                 entry = self._hold(entry, held)
             except StepFailed as failure:
+                self.last_fault = is_source_fault(failure, step)
                 entry = self._fail(entry, failure)
             self._count(step, entry)
             log.info(step, extra={"event": step, "source": entry.source, "session_id": entry.session_id,
@@ -192,8 +292,12 @@ class Worker:
             raise StepHeld("Paheko n'arrive pas à renvoyer cette session : un texte (nom de note, libellé, "
                            "référence) contient probablement un caractère invalide. Corrigez-le dans Paheko, "
                            "puis libérez la session.", str(exc))
+        except PahekoCancelled as exc:
+            raise Interrupted(str(exc)) from exc
         except PahekoError as exc:
-            raise StepFailed("Relecture dans Paheko impossible pour l'instant : " + _french_paheko(exc), str(exc))
+            failure = StepFailed("Relecture dans Paheko impossible pour l'instant : " + _french_paheko(exc), str(exc))
+            failure.source_fault = exc.transient
+            raise failure from exc
         return self.ledger.transition(entry.id, State.SNAPSHOT, snapshot=dump_snapshot(snapshot), last_error=None)
 
     def _map(self, source: Source, entry: Entry) -> Entry:

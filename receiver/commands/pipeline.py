@@ -62,12 +62,14 @@ def poll(once: bool, source: str | None) -> None:
 
 @click.command()
 @click.option("--once", is_flag=True, help="Poll every source, process everything due, then exit.")
-@click.option("--threads", default=1, show_default=True, help="Entries processed in parallel.")
+@click.option("--threads", default=1, show_default=True,
+              help="Entries of one source processed in parallel (each source has its own threads).")
 def worker(once: bool, threads: int) -> None:
     """Drive ledger entries to Recyclic: re-read, map, forward; and poll every source.
 
-    Safe to run several times at once (threads, processes, machines sharing a PostgreSQL ledger):
-    an entry is claimed by one worker at a time. Stops cleanly on SIGTERM / Ctrl-C.
+    Each source has its own threads, so a slow or failing Paheko only delays its own sessions.
+    Safe to run several times at once (processes, machines sharing a PostgreSQL ledger): an entry is
+    claimed by one worker at a time. Stops within 10 s on SIGTERM / Ctrl-C.
     """
     if once:
         w = _worker()
@@ -78,23 +80,23 @@ def worker(once: bool, threads: int) -> None:
             w.close()
         click.echo(f"Processed {steps} entr{'y' if steps == 1 else 'ies'}.")
         return
+    from receiver.runner import STOP_GRACE, Runner
+    from receiver.worker import Worker
+
+    svc = current_app_services()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    from receiver.sinks.registry import SinkPool
-
-    sinks = SinkPool(current_app_services().ledger)  # one per process: threads share each sink and its login
-    workers = [_worker(sinks) for _ in range(max(1, threads))]
-    runners = [threading.Thread(target=w.run_forever, args=(stop,), name=f"worker-{i}") for i, w in enumerate(workers)]
-    click.echo(f"Worker running with {len(workers)} thread(s); Ctrl-C or SIGTERM stops it.")
-    for runner in runners:
-        runner.start()
-    for runner in runners:
-        runner.join()
-    for w in workers:
-        w.close()
-    sinks.close()
-    click.echo("Worker stopped.")
+    runner = Runner(svc.config, svc.ledger, threads=threads,
+                    make_worker=lambda **kw: Worker(svc.config, svc.ledger, metrics=svc.metrics, **kw)).start()
+    click.echo(f"Worker running: {len(svc.config.sources)} source(s), {runner.threads} thread(s) each; "
+               "Ctrl-C or SIGTERM stops it.")
+    while not stop.wait(3600):
+        pass
+    if runner.stop(STOP_GRACE):
+        click.echo("Worker stopped.")
+    else:
+        click.echo(f"Worker stopped after {STOP_GRACE:.0f} s with steps in hand; the next start resumes them.")
 
 
 def _age(moment: datetime | None) -> str:
@@ -177,12 +179,9 @@ def backfill(source: str, since: datetime, until: datetime | None) -> None:
                 if entry.state == State.FORWARDED and not recorded.is_new:
                     outcome.setdefault("already forwarded", []).append(session_id)
                     continue
-                claimed = w.ledger.claim(w.name, entry_id=entry.id)
+                claimed = w.claim(entry_id=entry.id)
                 if claimed is not None:
-                    try:
-                        entry = w.process(claimed)
-                    finally:
-                        w.ledger.release_claim(claimed.id, w.name)
+                    entry = w.process_claimed(claimed)
                 outcome.setdefault(entry.state.value, []).append(session_id)
     except PahekoError as exc:
         raise click.ClickException(f"Paheko: {exc}") from None

@@ -9,7 +9,9 @@ several, never hold the same entry, and a crashed worker's claim simply expires.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from collections.abc import Iterable, Iterator
 import threading
 from contextlib import contextmanager, nullcontext
@@ -24,6 +26,8 @@ from sqlalchemy.exc import IntegrityError
 
 from receiver.ledger import tables as t
 from receiver.ledger.states import ACTIVE, State
+from receiver.ledger.wakeup import sqlite_path as _sqlite_path
+from receiver.ledger.wakeup import wakeup_for
 
 
 def utcnow() -> datetime:
@@ -50,16 +54,23 @@ class Entry:
     snapshot_json: str | None
     mapped_json: str | None
     last_error: str | None
+    #: False for entries read by listings, which never load the (large) documents.
+    documents_loaded: bool = True
+
+    def _document(self, text_value: str | None) -> dict | None:
+        if not self.documents_loaded:
+            raise RuntimeError("this entry was listed without its documents: read it with Ledger.get_by_id")
+        return json.loads(text_value) if text_value else None
 
     @cached_property
     def snapshot(self) -> dict | None:
         """The re-read session, parsed on first use (status and listings never need it)."""
-        return json.loads(self.snapshot_json) if self.snapshot_json else None
+        return self._document(self.snapshot_json)
 
     @cached_property
     def mapped(self) -> dict | None:
         """The session in the sink's model, parsed on first use."""
-        return json.loads(self.mapped_json) if self.mapped_json else None
+        return self._document(self.mapped_json)
 
     @classmethod
     def from_row(cls, row) -> "Entry":
@@ -71,7 +82,8 @@ class Entry:
             created_at=m["created_at"], updated_at=m["updated_at"], attempts=m["attempts"],
             next_attempt_at=m["next_attempt_at"], claimed_by=m["claimed_by"],
             claim_expires_at=m["claim_expires_at"],
-            snapshot_json=m["snapshot"], mapped_json=m["mapped"], last_error=m["last_error"],
+            snapshot_json=m.get("snapshot"), mapped_json=m.get("mapped"), last_error=m["last_error"],
+            documents_loaded="snapshot" in m,
         )
 
 
@@ -153,6 +165,11 @@ def changed_after_sending(old: dict, new: dict, sent: list[int], session_id: int
     )
 
 
+#: The columns a listing reads: everything but the re-read and mapped documents (up to megabytes each).
+_LISTED = [c for c in t.entries.c if c.name not in ("snapshot", "mapped")]
+_ACTIVE_VALUES = [s.value for s in ACTIVE]
+
+
 def _dump(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
@@ -162,25 +179,53 @@ MIGRATION_LOCK = 0x5041_4845_4B4F
 
 
 
+class _FileLock:
+    """An exclusive ``flock`` on a file, re-opened after a fork (a lock is held per open file)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._pid = 0
+
+    def __enter__(self) -> None:
+        if self._fd is None or self._pid != os.getpid():
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+            self._pid = os.getpid()
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc_info: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
 class Ledger:
     """Access to the ledger database; one instance per process, safe to share between threads."""
 
     def __init__(self, url: str, *, pool_size: int = 5):
         self.url = url
         self.engine = self._make_engine(url, pool_size)
-        # SQLite has one writer at a time; queueing this process's writers on a lock is fair and
-        # prompt, where SQLite's busy handler would make them sleep and retry.
+        # SQLite has one writer at a time. Writers of this process queue on a thread lock, and
+        # writers of every process (gunicorn workers, the pipeline worker) on an flock of a file
+        # beside the ledger: the kernel hands the lock over the moment it is released, where
+        # SQLite's busy handler makes a waiting writer sleep 1, 2, 5 … 100 ms between retries (a
+        # receiver thread losing that race to the worker's writes saw p99 of 100-450 ms).
         self._write_lock = threading.Lock() if url.startswith("sqlite") else None
+        self._file_lock = _FileLock(_sqlite_path(url) + ".lock") if _sqlite_path(url) else None
+        self.wakeup = wakeup_for(url, self.engine)
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        """A write transaction, committed on exit."""
+        """A write transaction, committed on exit (``BEGIN IMMEDIATE`` on SQLite)."""
         if self._write_lock is None:
             with self.engine.begin() as conn:
                 yield conn
             return
-        with self._write_lock, self.engine.begin() as conn:
-            yield conn
+        with self._write_lock, self._file_lock or nullcontext(), self.engine.connect() as conn:
+            conn.info["immediate"] = True
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                conn.info.pop("immediate", None)
 
     @staticmethod
     def _make_engine(url: str, pool_size: int) -> Engine:
@@ -202,7 +247,8 @@ class Ledger:
 
             @event.listens_for(engine, "begin")
             def _begin(conn):
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                # Reads take no lock at all in WAL mode (a deferred BEGIN); only writes reserve the file.
+                conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("immediate") else "BEGIN")
 
             return engine
         return create_engine(url, pool_size=pool_size, pool_pre_ping=True)
@@ -285,6 +331,11 @@ class Ledger:
                 dict(entry_id=fields["id"], received_at=now, origin=origin, outcome=outcome, event_id=event_id,
                      remote_addr=remote_addr, summary=_dump(summary), raw_body=raw_body),
             )
+            wake = fields["state"] in _ACTIVE_VALUES
+            if wake:
+                self.wakeup.in_transaction(conn, source)
+        if wake:
+            self.wakeup.committed(source)
         entry = Entry.from_row(fields)
         return Recorded(entry, outcome)
 
@@ -357,7 +408,8 @@ class Ledger:
         states: Iterable[State] | None = None,
         limit: int = 50,
     ) -> list[Entry]:
-        query = select(t.entries).order_by(t.entries.c.updated_at.desc(), t.entries.c.id.desc()).limit(limit)
+        """The most recently changed entries, without their documents (``Entry.snapshot`` is not loaded)."""
+        query = select(*_LISTED).order_by(t.entries.c.updated_at.desc(), t.entries.c.id.desc()).limit(limit)
         if source:
             query = query.where(t.entries.c.source == source)
         if states:
@@ -410,29 +462,66 @@ class Ledger:
 
     # -- worker side -----------------------------------------------------------------------
 
-    def claim(self, worker: str, *, lease: timedelta = timedelta(minutes=5), now: datetime | None = None,
-              entry_id: int | None = None) -> Entry | None:
-        """Claim the oldest entry that is due (or entry ``entry_id``, due or not), or ``None``.
+    def claim(self, worker: str, *, lease: timedelta = timedelta(seconds=30), now: datetime | None = None,
+              entry_id: int | None = None, source: str | None = None) -> Entry | None:
+        """Claim the oldest due entry (of ``source`` if given; or entry ``entry_id``, due or not), or ``None``.
 
-        Safe across threads and processes: the final UPDATE only succeeds on an unclaimed row.
+        Candidates are read without any lock; only a found candidate costs a write, a compare-and-set
+        that succeeds on a row still due and unclaimed, so it is safe across threads, processes and hosts.
+        A claim lasts ``lease``: its holder renews it (:meth:`renew_claims`) while it works, so the
+        claim of a worker that died is free again ``lease`` later.
         """
         now = now or utcnow()
         free = or_(t.entries.c.claim_expires_at.is_(None), t.entries.c.claim_expires_at < now)
-        due = and_(t.entries.c.state.in_([s.value for s in ACTIVE]), free)
+        due = and_(t.entries.c.state.in_(_ACTIVE_VALUES), free)
         if entry_id is None:
             due = and_(due, or_(t.entries.c.next_attempt_at.is_(None), t.entries.c.next_attempt_at <= now))
         else:
             due = and_(due, t.entries.c.id == entry_id)
+        if source is not None:
+            due = and_(due, t.entries.c.source == source)
+        with self.engine.connect() as conn:
+            candidates = conn.execute(select(t.entries.c.id).where(due).order_by(t.entries.c.id).limit(5)).scalars().all()
+        if not candidates:
+            return None
         with self._write() as conn:
-            for (candidate,) in conn.execute(select(t.entries.c.id).where(due).order_by(t.entries.c.id).limit(5)):
+            for candidate in candidates:
                 taken = conn.execute(
                     t.entries.update()
-                    .where(t.entries.c.id == candidate, free)
+                    .where(t.entries.c.id == candidate, due)
                     .values(claimed_by=worker, claim_expires_at=now + lease)
                 ).rowcount
                 if taken == 1:
                     return Entry.from_row(conn.execute(select(t.entries).where(t.entries.c.id == candidate)).one())
         return None
+
+    def renew_claims(self, claims: dict[int, str], *, lease: timedelta) -> set[int]:
+        """Extend the claims ``{entry id: worker}`` by ``lease`` from now; return the ids still held."""
+        if not claims:
+            return set()
+        held = set()
+        until = utcnow() + lease
+        with self._write() as conn:
+            for entry_id, worker in claims.items():
+                if conn.execute(
+                    t.entries.update()
+                    .where(t.entries.c.id == entry_id, t.entries.c.claimed_by == worker)
+                    .values(claim_expires_at=until)
+                ).rowcount:
+                    held.add(entry_id)
+        return held
+
+    def next_due(self, source: str | None = None, *, now: datetime | None = None) -> datetime | None:
+        """When the next entry (of ``source``) becomes claimable: retry time or claim expiry; ``None``: nothing pending."""
+        now = now or utcnow()
+        query = (select(t.entries.c.next_attempt_at, t.entries.c.claim_expires_at)
+                 .where(t.entries.c.state.in_(_ACTIVE_VALUES)).limit(10_000))
+        if source is not None:
+            query = query.where(t.entries.c.source == source)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        times = [max(due or now, expires or now) for due, expires in rows]
+        return min(times) if times else None
 
     def release_claim(self, entry_id: int, worker: str) -> None:
         with self._write() as conn:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,6 +56,10 @@ class PahekoUnavailable(PahekoError):
     """Paheko could not be reached or kept failing (connection, timeout, 5xx, 429) after every retry."""
 
     transient = True
+
+
+class PahekoCancelled(PahekoUnavailable):
+    """The read was abandoned because the process is stopping (nothing was learnt about Paheko)."""
 
 
 class PahekoBrokenResponse(PahekoError):
@@ -114,8 +119,10 @@ def _public_url(url: str) -> str:
 class PahekoClient:
     """One source's connection to Paheko: ``with PahekoClient(name, api) as client: client.sql("SELECT 1")``.
 
-    ``retries`` is the number of retries after the first attempt. ``sleep`` and ``rng`` are injectable so
-    tests run without waiting; ``transport`` lets tests plug an httpx transport.
+    ``retries`` is the number of retries after the first attempt; ``deadline`` bounds the whole call
+    (every attempt and every wait; default: the source's ``deadline``). ``cancel``: an event that, once
+    set, abandons the call at its next wait (:class:`PahekoCancelled`). ``sleep`` and ``rng`` are
+    injectable so tests run without waiting; ``transport`` lets tests plug an httpx transport.
     """
 
     def __init__(
@@ -129,8 +136,13 @@ class PahekoClient:
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
         transport: httpx.BaseTransport | None = None,
+        deadline: float | None = None,
+        cancel: threading.Event | None = None,
     ):
         self.source = source
+        self.deadline = deadline if deadline is not None else api.deadline
+        self.cancel = cancel
+        self._timeouts = (api.connect_timeout, api.read_timeout)
         self.endpoint = api.url.rstrip("/") + "/api/sql"
         self._public_endpoint = _public_url(self.endpoint)
         self.retries = retries
@@ -167,16 +179,22 @@ class PahekoClient:
         invalid UTF-8), handled like broken JSON.
         """
         request = self.request_for(sql)
+        end = time.monotonic() + self.deadline
         attempt = 0
         while True:
             attempt += 1
-            failure, retry_after = self._attempt(request, attempt, complete)
+            failure, retry_after = self._attempt(request, attempt, complete, end - time.monotonic())
             if isinstance(failure, SqlResult):
                 return failure
-            if attempt > self.retries:
+            delay = self._delay(attempt, retry_after)
+            if attempt > self.retries or time.monotonic() + delay >= end:
                 failure.attempts = attempt
                 raise failure
-            self._sleep(self._delay(attempt, retry_after))
+            if self.cancel is not None and self.cancel.wait(delay):
+                raise PahekoCancelled("the worker is stopping; the read will be done again", request,
+                                      attempts=attempt)
+            if self.cancel is None:
+                self._sleep(delay)
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         exponential = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
@@ -184,11 +202,17 @@ class PahekoClient:
         return max(jittered, min(retry_after, self.max_backoff * 4)) if retry_after is not None else jittered
 
     def _attempt(
-        self, request: SqlRequest, attempt: int, complete: bool
+        self, request: SqlRequest, attempt: int, complete: bool, left: float
     ) -> tuple[SqlResult | PahekoError, float | None]:
-        """One HTTP exchange: a result, or a *transient* error to retry (with Retry-After); raises the others."""
+        """One HTTP exchange within ``left`` seconds: a result, or a *transient* error to retry (with
+        Retry-After); raises the others."""
+        if self.cancel is not None and self.cancel.is_set():
+            raise PahekoCancelled("the worker is stopping; the read will be done again", request, attempts=attempt)
+        connect, read = self._timeouts
+        left = max(left, 0.001)
+        timeout = httpx.Timeout(min(read, left), connect=min(connect, left), pool=min(connect, left))
         try:
-            response = self._http.post(self.endpoint, json={"sql": request.sql})
+            response = self._http.post(self.endpoint, json={"sql": request.sql}, timeout=timeout)
         except httpx.TimeoutException as exc:
             return PahekoUnavailable(
                 f"Paheko did not answer in time ({type(exc).__name__}); check that the instance is up, "
