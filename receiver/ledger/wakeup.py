@@ -210,6 +210,10 @@ class SQLiteWakeup(Wakeup):
             stop.set()
             if sock is not None:
                 try:
+                    sock.sendto(b"", self._path(name))  # end the listener's select now
+                except OSError:
+                    pass
+                try:
                     os.unlink(self.directory / name)
                 except OSError:
                     pass
