@@ -209,3 +209,57 @@ def test_ledger_url_without_host_uses_libpq_environment(postgres_server, pg_url,
         ledger.ping()
     finally:
         ledger.close()
+
+
+def _notify_once(barrier, queue, url):
+    ledger = Ledger(url)
+    barrier.wait()
+    try:
+        ledger.record_notification("lab", 900 + os.getpid() % 1000, {}, origin="module")
+        queue.put(["ok"])
+    except Exception as exc:
+        queue.put(f"{type(exc).__name__}: {exc}")
+    finally:
+        ledger.close()
+
+
+def test_listen_notify_wakes_an_idle_worker_of_another_process(pg_url):
+    from receiver.ledger.wakeup import Doorbell
+
+    ledger = Ledger(pg_url)
+    ledger.migrate()
+    doorbell = Doorbell()
+    lab, other = doorbell.subscribe("lab"), doorbell.subscribe("other")
+    stop = ledger.wakeup.listen(doorbell)
+    try:
+        assert lab.wait(10)  # the listener rings once when LISTEN is in place
+        lab.clear(), other.clear()
+        _in_processes(_notify_once, pg_url)
+        assert lab.wait(10), "no NOTIFY reached the listening worker"
+        assert not other.is_set()  # the payload names the source
+    finally:
+        stop()
+        ledger.close()
+
+
+def test_a_rolled_back_notification_wakes_nobody(pg_url):
+    from receiver.ledger.wakeup import Doorbell
+
+    ledger = Ledger(pg_url)
+    ledger.migrate()
+    doorbell = Doorbell()
+    lab = doorbell.subscribe("lab")
+    stop = ledger.wakeup.listen(doorbell)
+    try:
+        assert lab.wait(10)
+        lab.clear()
+        try:
+            with ledger.transaction() as conn:
+                ledger.wakeup.in_transaction(conn, "lab")
+                raise RuntimeError("rolled back")
+        except RuntimeError:
+            pass
+        assert not lab.wait(1.0)  # NOTIFY is delivered on commit only
+    finally:
+        stop()
+        ledger.close()

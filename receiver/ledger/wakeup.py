@@ -93,9 +93,9 @@ class PostgresWakeup(Wakeup):
         def run() -> None:
             while not stop.is_set():
                 try:
-                    raw = self.engine.raw_connection()
-                    raw.detach()  # a long-lived private connection, never returned to the pool
-                    pg = raw.driver_connection
+                    # A private long-lived connection, outside the pool, with the ledger's own settings.
+                    cargs, cparams = self.engine.dialect.create_connect_args(self.engine.url)
+                    pg = self.engine.dialect.loaded_dbapi.connect(*cargs, **cparams)
                     pg.autocommit = True
                     pg.execute(f"LISTEN {CHANNEL}")
                     doorbell.ring()  # anything committed before LISTEN took effect
@@ -104,7 +104,7 @@ class PostgresWakeup(Wakeup):
                             doorbell.ring(note.payload or None)
                     pg.close()
                 except Exception as exc:  # noqa: BLE001 - a lost connection: reconnect, look for work meanwhile
-                    log.warning("LISTEN connection lost", extra={"event": "wakeup", "error": str(exc)})
+                    log.warning("LISTEN connection lost: %s", exc, extra={"event": "wakeup", "error": str(exc)})
                     doorbell.ring()
                     stop.wait(1.0)
 
