@@ -186,3 +186,20 @@ def test_first_released_schema_upgrades_keeping_data(tmp_path):
     [(key, forward)] = ledger.forwards_of(entry.id).items()
     assert key == ("sale", 3) and forward.status == "done" and forward.sink_id == "uuid-1"
     ledger.close()
+
+
+def test_listings_never_read_the_documents(store):
+    """``ledger list`` and ``status`` read the columns they show, not megabytes of snapshots."""
+    from sqlalchemy import event
+
+    entry = store.record_notification("lab", 1, {}, origin="module").entry
+    store.transition(entry.id, State.SNAPSHOT, snapshot={"tabs": ["x" * 100_000]})
+    statements = []
+    event.listen(store.engine, "before_cursor_execute", lambda conn, cur, sql, *a: statements.append(sql))
+    [listed] = store.list()
+    store.overview()
+    assert not [s for s in statements if "snapshot" in s or "mapped" in s]
+    assert listed.id == entry.id and listed.state == State.SNAPSHOT and not listed.documents_loaded
+    with pytest.raises(RuntimeError):
+        listed.snapshot  # noqa: B018 - a listed entry refuses to pretend it has no document
+    assert store.get_by_id(entry.id).snapshot == {"tabs": ["x" * 100_000]}

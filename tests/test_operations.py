@@ -33,7 +33,7 @@ def cli(p, *args):
 def test_poll_once_reports_what_it_queued(pipeline):
     first = cli(pipeline, "poll", "--once")
     assert first.exit_code == 0, first.output
-    assert "lab: scanned 2 closed session(s) from id 1 in 1 request(s); new: 1, 2; next pass starts at id 3" in first.output
+    assert "lab: scanned 2 session(s) from id 1 in 1 request(s); new: 1, 2; next pass starts at id 3" in first.output
     second = cli(pipeline, "poll", "--once")
     assert "new: none" in second.output and "from id 3" in second.output
 

@@ -56,11 +56,11 @@ def test_a_low_id_closing_late_is_not_skipped(tmp_path, store, lab):
         db.close_session(late, "2026-12-01 12:00:00", {ids["annex_cash"]: 0})
         with served(db.path) as (client, _):
             first = poll_source(lab, client, store)
-            assert first.found == [late] and first.watermark_after == early
+            assert first.found == [late] and first.open == [early] and first.watermark_after == late + 1
             db.close_session(early, "2026-12-01 18:00:00", {ids["cash"]: 0})
             third_id = db.open_session("2026-12-02 09:00:00", cash={ids["cash"]: 0})
             second = poll_source(lab, client, store)
-            assert second.found == [early] and second.watermark_after == third_id
+            assert second.found == [early] and second.open == [third_id]
             db.close_session(third_id, "2026-12-02 18:00:00", {ids["cash"]: 0})
             assert poll_source(lab, client, store).found == [third_id]
 
@@ -102,3 +102,34 @@ def test_many_sessions_are_paged(tmp_path, store, lab):
         with served(db.path) as (client, _):
             report = poll_source(lab, client, store)
     assert len(report.found) == PAGE + 20 and report.requests == 2
+
+
+def test_an_old_open_session_does_not_make_every_poll_reread_history(tmp_path, store, lab):
+    """Issue 13 item 5: with one till left open and a long history, a poll with nothing new stays small."""
+    with PahekoDB(tmp_path / "p.sqlite") as db:
+        ids = reference_data(db)
+        stuck = db.open_session("2026-11-01 09:00:00", cash={ids["cash"]: 0})
+        with db.con:
+            db.con.execute("BEGIN")
+            for _ in range(3 * PAGE):
+                db.con.execute("INSERT INTO plugin_pos_sessions (opened, closed, result, nb_tabs) VALUES "
+                               "('2026-12-01 09:00:00', '2026-12-01 10:00:00', 0, 0)")
+        with served(db.path) as (client, _):
+            first = poll_source(lab, client, store)
+            assert len(first.found) == 3 * PAGE and first.open == [stuck]
+            quiet = [poll_source(lab, client, store) for _ in range(3)]
+            assert all(r.found == [] and r.requests == 1 and r.scanned == 1 for r in quiet)
+            assert all(r.bytes < 200 for r in quiet)  # one short row: the open session
+            db.close_session(stuck, "2026-12-02 18:00:00", {ids["cash"]: 0})
+            closed = poll_source(lab, client, store)
+    assert closed.found == [stuck] and closed.open == [] and closed.requests == 1
+
+
+def test_a_ledger_polled_by_the_previous_version_resumes_at_its_watermark(tmp_path, store, lab):
+    db = tmp_path / "paheko.sqlite"
+    shutil.copy(FIXTURES / "paheko-caisse.sqlite", db)
+    store.set_value("poll_watermark:lab", "2")  # session 1 was known below it
+    with served(db) as (client, _):
+        report = poll_source(lab, client, store)
+        assert report.found == [2] and report.watermark_before == 2
+        assert poll_source(lab, client, store).scanned == 0

@@ -52,8 +52,9 @@ def poll(once: bool, source: str | None) -> None:
                 failed = True
                 continue
             found = ", ".join(map(str, report.found)) or "none"
-            click.echo(f"{src.name}: scanned {report.scanned} closed session(s) from id {report.watermark_before} "
-                       f"in {report.requests} request(s); new: {found}; next pass starts at id {report.watermark_after}")
+            click.echo(f"{src.name}: scanned {report.scanned} session(s) from id {report.watermark_before} "
+                       f"in {report.requests} request(s); new: {found}; next pass starts at id {report.watermark_after}"
+                       + (f", watching open session(s) {', '.join(map(str, report.open))}" if report.open else ""))
     finally:
         worker.close()
     if failed:

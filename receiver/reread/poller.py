@@ -1,16 +1,20 @@
 """Reconciliation poller: finds closed sessions that no notification announced.
 
-Sessions do not close in id order (several tills can be open at once), so a plain "highest id
-seen" cursor would skip a low id that closes late. Instead each source keeps a *watermark* in the
-ledger: every session below it is closed-and-known or does not exist. Each pass reads, in keyset
-pages on ``id``, the closed sessions at or above the watermark together with the lowest id still
-open, records the unknown ones exactly as if their module had notified them, and moves the
-watermark to the lowest id that may still change (an open session, or the last one seen). The
-watermark is durable, so a session closed while the receiver was down is found at the next start.
+Sessions do not close in id order (several tills can be open at once, one may stay open for
+weeks), so each source keeps two things in the ledger: a *cursor*, the highest session id seen,
+and the ids at or below it that were still *open* when last seen. Each pass reads, in keyset pages
+on ``id``, the sessions above the cursor plus the open ones (id and closing time only), records the
+closed ones the ledger does not know exactly as if their module had notified them, and keeps
+watching those still open. A pass with nothing new therefore costs one request whose answer holds
+one short row per open till, whatever the length of the history or the age of the open session (a
+single low watermark, pinned by an old open session, made every pass re-read everything above it).
+The state is durable, so a session closed while the receiver was down is found at the next start.
+A session deleted in Paheko while open is dropped from the watch list.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from receiver.config import Source
@@ -21,22 +25,31 @@ from receiver.reread.client import PahekoClient, sql_int
 PAGE = 500
 
 
-def watermark_key(source: str) -> str:
-    return f"poll_watermark:{source}"
+def state_key(source: str) -> str:
+    return f"poll_state:{source}"
 
 
-def _page_sql(after: int, floor: int) -> str:
-    # One statement: the page of closed sessions and, in the same read, the lowest open session.
-    return (
-        "SELECT id, closed, (SELECT MIN(o.id) FROM plugin_pos_sessions o WHERE o.closed IS NULL"
-        f" AND o.id >= {sql_int(floor)}) AS lowest_open FROM plugin_pos_sessions"
-        f" WHERE closed IS NOT NULL AND id > {sql_int(after)} AND id >= {sql_int(floor)}"
-        f" ORDER BY id LIMIT {PAGE}"
-    )
+def _legacy_watermark_key(source: str) -> str:
+    return f"poll_watermark:{source}"  # before the cursor: every id below it was known or absent
 
 
-def _lowest_open_sql(floor: int) -> str:
-    return f"SELECT MIN(id) AS lowest_open FROM plugin_pos_sessions WHERE closed IS NULL AND id >= {sql_int(floor)}"
+def _page_sql(after: int, cursor: int, open_ids: list[int]) -> str:
+    wanted = f"id > {sql_int(cursor)}"
+    if open_ids:
+        wanted = f"({wanted} OR id IN ({', '.join(sql_int(i) for i in open_ids)}))"
+    return (f"SELECT id, closed FROM plugin_pos_sessions WHERE {wanted} AND id > {sql_int(after)}"
+            f" ORDER BY id LIMIT {PAGE}")
+
+
+def _load_state(ledger: Ledger, source: Source) -> tuple[int, list[int], bool]:
+    """(cursor, open ids, stored?) of ``source``."""
+    stored = ledger.get_value(state_key(source.name))
+    if stored:
+        state = json.loads(stored)
+        return max(state["cursor"], source.paheko.first_session - 1), sorted(state["open"]), True
+    legacy = ledger.get_value(_legacy_watermark_key(source.name))
+    cursor = int(legacy) - 1 if legacy else 0
+    return max(cursor, source.paheko.first_session - 1), [], False
 
 
 @dataclass
@@ -44,46 +57,41 @@ class PollReport:
     """What one pass over one source did."""
 
     source: str
-    scanned: int = 0
+    scanned: int = 0  # sessions read (new ones and the open ones watched)
     found: list[int] = field(default_factory=list)
-    watermark_before: int = 0
-    watermark_after: int = 0
+    watermark_before: int = 0  # the first id that was new to this pass
+    watermark_after: int = 0  # the first id the next pass will see as new
     requests: int = 0
+    bytes: int = 0
+    watching_before: list[int] = field(default_factory=list)  # open sessions watched coming in
+    open: list[int] = field(default_factory=list)  # sessions still open, watched by the next pass
 
 
 def poll_source(source: Source, client: PahekoClient, ledger: Ledger, *, origin: str = "poller") -> PollReport:
     """One reconciliation pass over ``source``; raises :class:`~receiver.reread.client.PahekoError` on failure."""
-    stored = ledger.get_value(watermark_key(source.name))
-    floor = max(source.paheko.first_session, int(stored) if stored else 1)
-    report = PollReport(source.name, watermark_before=floor)
-    after, last_seen, lowest_open = floor - 1, None, None
+    cursor, open_ids, stored = _load_state(ledger, source)
+    report = PollReport(source.name, watermark_before=cursor + 1, watching_before=list(open_ids))
+    after, still_open, highest = 0, [], cursor
     while True:
-        result = client.sql(_page_sql(after, floor))
+        result = client.sql(_page_sql(after, cursor, open_ids))
         report.requests += 1
+        report.bytes += result.size
         rows = result.rows
-        if not rows:
-            if lowest_open is None and last_seen is None:
-                lowest_open = client.sql(_lowest_open_sql(floor)).rows[0]["lowest_open"]
-                report.requests += 1
-            break
-        if lowest_open is None:
-            lowest_open = rows[0]["lowest_open"]
+        closed = [row for row in rows if row["closed"] is not None]
+        still_open += [row["id"] for row in rows if row["closed"] is None]
         report.scanned += len(rows)
-        known = ledger.known_session_ids(source.name, (row["id"] for row in rows))
-        for row in rows:
+        known = ledger.known_session_ids(source.name, (row["id"] for row in closed))
+        for row in closed:
             if row["id"] not in known:
                 ledger.record_notification(source.name, row["id"], {"closed": row["closed"]}, origin=origin)
                 report.found.append(row["id"])
-        after = last_seen = rows[-1]["id"]
+        if rows:
+            after = rows[-1]["id"]
+            highest = max(highest, after)
         if len(rows) < PAGE:
             break
-    candidates = [floor]
-    if last_seen is not None:
-        candidates = [last_seen + 1]
-    if lowest_open is not None:
-        candidates.append(lowest_open)
-    report.watermark_after = max(floor, min(candidates))
+    report.watermark_after, report.open = highest + 1, still_open
     ledger.set_value(f"last_poll:{source.name}", utcnow().isoformat())
-    if report.watermark_after != floor or stored is None:
-        ledger.set_value(watermark_key(source.name), str(report.watermark_after))
+    if not stored or highest != cursor or still_open != open_ids:
+        ledger.set_value(state_key(source.name), json.dumps({"cursor": highest, "open": still_open}))
     return report
