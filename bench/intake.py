@@ -5,7 +5,12 @@ Each notification is a new session (a real ledger write, fsync'd) and is compare
 on the same server, the trivial-route baseline. Prints p50/p99 latency, throughput and the ratio.
 Target (issue 2): p99 under 20 ms and within 3x of the trivial route.
 
-    python bench/intake.py [--requests 2000] [--concurrency 4]
+Then the same notifications while a pipeline worker (another process, ``paheko-recyclic worker``)
+forwards a backlog at full speed through the local Paheko and Recyclic (a third process) into the
+same SQLite ledger; it prints the worker's throughput during the run beside the latencies.
+Target (issue 13 item 6): p99 under 20 ms with 4 clients.
+
+    python bench/intake.py [--requests 2000] [--concurrency 4] [--backlog 1500] [--worker-threads 2]
 """
 
 from __future__ import annotations
@@ -28,22 +33,32 @@ import httpx
 from receiver.dev.server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-USER, PASSWORD = "benchmodule", "BenchPassword123"
-
-
-def start_server(workdir: Path) -> tuple[subprocess.Popen, str]:
-    config = workdir / "config.toml"
-    config.write_text(f"""
-[receiver]
-ledger = "sqlite:///{workdir / 'ledger.sqlite'}"
+sys.path.insert(0, str(ROOT))
+USER, PASSWORD = "intakebench", "BenchPassword123"
+BENCH_SOURCE = f"""
 [sources.bench.webhook]
 user = "{USER}"
 password = "{PASSWORD}"
 [sources.bench.paheko]
-url = "http://paheko.invalid"
+url = "http://127.0.0.1:9"
 api_user = "x"
 api_password = "x"
-""")
+"""
+
+
+def write_config(workdir: Path, lab_source: str = "") -> Path:
+    """The bench source (notifications only: its Paheko refuses connections) and, optionally, a real one."""
+    config = workdir / "config.toml"
+    ledger = f'[receiver]\nledger = "sqlite:///{workdir / "ledger.sqlite"}"\n'
+    config.write_text(lab_source.replace('ledger = "sqlite:///ledger.sqlite"', ledger.split("\n")[1])
+                      if lab_source else ledger + BENCH_SOURCE)
+    if lab_source:
+        config.write_text(config.read_text() + BENCH_SOURCE)
+    return config
+
+
+def start_server(workdir: Path) -> tuple[subprocess.Popen, str]:
+    config = workdir / "config.toml"
     port = free_port()
     shipped = ROOT / "deploy" / "gunicorn.conf.py"
     args = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--no-control-socket"]
@@ -91,6 +106,65 @@ def measure(url: str, requests: int, concurrency: int, make_request) -> tuple[li
     return latencies, time.perf_counter() - started
 
 
+class BackgroundWorker:
+    """A ``paheko-recyclic worker`` process forwarding a backlog of ``backlog`` sessions of source ``lab``."""
+
+    def __init__(self, workdir: Path, backlog: int, threads: int):
+        from bench.pipeline import KEY, WEBHOOK, add_sessions, serve_stand_ins
+        from receiver.demo import demo_config
+
+        import multiprocessing
+        import shutil
+
+        db = workdir / "paheko.sqlite"
+        shutil.copy(ROOT / "tests" / "fixtures" / "paheko-caisse.sqlite", db)
+        self.sessions = add_sessions(db, tickets=3, count=backlog, day="2026-11-21")
+        ctx = multiprocessing.get_context("spawn")
+        urls = ctx.Queue()
+        self.stand_ins = ctx.Process(target=serve_stand_ins, args=(str(db), urls), daemon=True)
+        self.stand_ins.start()
+        paheko_url, recyclic_url = urls.get(timeout=60)
+        text = demo_config(paheko_url, KEY, recyclic_url, WEBHOOK).replace("close_session = true", "close_session = false")
+        self.config = write_config(workdir, text)
+        self.threads = threads
+        self.process: subprocess.Popen | None = None
+
+    def queue_backlog(self) -> None:
+        from receiver.ledger import Ledger
+
+        ledger = Ledger(self.url)
+        ledger.migrate()
+        for session in self.sessions:
+            ledger.record_notification("lab", session, {}, origin="backfill")
+        ledger.close()
+
+    @property
+    def url(self) -> str:
+        import tomllib
+
+        return tomllib.loads(self.config.read_text())["receiver"]["ledger"]
+
+    def forwarded(self) -> int:
+        import sqlite3
+
+        path = self.url.split("///", 1)[1]
+        with sqlite3.connect(path, timeout=30) as con:
+            return con.execute("SELECT COUNT(*) FROM entries WHERE source = 'lab' AND state = 'forwarded'").fetchone()[0]
+
+    def start(self) -> None:
+        env = {**os.environ, "PAHEKO_RECYCLIC_LOG_LEVEL": "warning"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from receiver.cli import main; main()", "--config", str(self.config), "worker",
+             "--threads", str(self.threads)], env=env, cwd=ROOT, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+        self.stand_ins.kill()
+
+
 def pct(values: list[float], p: float) -> float:
     return statistics.quantiles(values, n=1000)[int(p * 10) - 1] if len(values) > 1 else values[0]
 
@@ -99,6 +173,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--backlog", type=int, default=1500, help="sessions the concurrent worker forwards")
+    parser.add_argument("--worker-threads", type=int, default=2, help="threads of the concurrent worker")
+    parser.add_argument("--quiet-only", action="store_true", help="skip the run beside a forwarding worker")
     args = parser.parse_args()
     auth = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode(),
             "Content-Type": "application/json"}
@@ -113,6 +190,9 @@ def main() -> None:
         return client.get("/healthz")
 
     with tempfile.TemporaryDirectory() as tmp:
+        worker = None if args.quiet_only else BackgroundWorker(Path(tmp), args.backlog, args.worker_threads)
+        if worker is None:
+            write_config(Path(tmp))
         process, url = start_server(Path(tmp))
         try:
             measure(url, 200, args.concurrency, health)  # warm-up
@@ -134,9 +214,29 @@ def main() -> None:
                 verdict = "OK" if notif[3] < 20 and notif[3] <= 3 * max(base[3], 1.0) else "MISSED"
                 print(f"  {mode}: p99 ratio notification/trivial = {notif[3] / base[3]:.2f}x "
                       f"(p99 {notif[3]:.2f} ms; target < 20 ms and <= 3x, floor 1 ms) -> {verdict}")
+            if worker is not None:
+                worker.queue_backlog()
+                worker.start()
+                while worker.forwarded() < 20:  # wait until it forwards at full speed
+                    time.sleep(0.2)
+                print(f"beside a pipeline worker ({args.worker_threads} thread(s), another process) forwarding "
+                      f"a backlog of {args.backlog} sessions into the same SQLite ledger:")
+                for mode, concurrency in (("sequential", 1), ("concurrent", args.concurrency)):
+                    before, started = worker.forwarded(), time.perf_counter()
+                    lat, wall = measure(url, args.requests, concurrency, notify)
+                    offset[0] += args.requests
+                    rate = (worker.forwarded() - before) / (time.perf_counter() - started)
+                    verdict = "OK" if pct(lat, 99) < 20 else "MISSED"
+                    print(f"  notification {mode:<11} p50 {pct(lat, 50):6.2f} ms  p99 {pct(lat, 99):6.2f} ms  "
+                          f"{args.requests / wall:7.0f} req/s   worker meanwhile: {rate:5.1f} sessions/s "
+                          f"(target p99 < 20 ms) -> {verdict}")
+                if worker.forwarded() >= len(worker.sessions):
+                    print("  (the backlog ran out during the run: raise --backlog)")
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=30)
+            if worker is not None:
+                worker.stop()
 
 
 if __name__ == "__main__":
