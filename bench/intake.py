@@ -35,25 +35,26 @@ from receiver.dev.server import free_port
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 USER, PASSWORD = "intakebench", "BenchPassword123"
-BENCH_SOURCE = f"""
+BENCH_SOURCE = """
 [sources.bench.webhook]
-user = "{USER}"
-password = "{PASSWORD}"
+user = "{user}"
+password = "{password}"
 [sources.bench.paheko]
-url = "http://127.0.0.1:9"
-api_user = "x"
-api_password = "x"
+url = "{url}"
+api_user = "{key[0]}"
+api_password = "{key[1]}"
 """
 
 
-def write_config(workdir: Path, lab_source: str = "") -> Path:
-    """The bench source (notifications only: its Paheko refuses connections) and, optionally, a real one."""
+def write_config(workdir: Path, lab_source: str = "", paheko: str = "http://127.0.0.1:9", key=("x", "x")) -> Path:
+    """The bench source (its notifications name sessions Paheko does not have) and, optionally, a real one."""
     config = workdir / "config.toml"
-    ledger = f'[receiver]\nledger = "sqlite:///{workdir / "ledger.sqlite"}"\n'
-    config.write_text(lab_source.replace('ledger = "sqlite:///ledger.sqlite"', ledger.split("\n")[1])
-                      if lab_source else ledger + BENCH_SOURCE)
+    ledger = f'ledger = "sqlite:///{workdir / "ledger.sqlite"}"'
+    bench = BENCH_SOURCE.format(user=USER, password=PASSWORD, url=paheko, key=key)
     if lab_source:
-        config.write_text(config.read_text() + BENCH_SOURCE)
+        config.write_text(lab_source.replace('ledger = "sqlite:///ledger.sqlite"', ledger) + bench)
+    else:
+        config.write_text(f"[receiver]\n{ledger}\n" + bench)
     return config
 
 
@@ -125,7 +126,8 @@ class BackgroundWorker:
         self.stand_ins.start()
         paheko_url, recyclic_url = urls.get(timeout=60)
         text = demo_config(paheko_url, KEY, recyclic_url, WEBHOOK).replace("close_session = true", "close_session = false")
-        self.config = write_config(workdir, text)
+        # The worker also re-reads the bench's notifications: unknown sessions, held at the first read.
+        self.config = write_config(workdir, text, paheko=paheko_url, key=KEY)
         self.threads = threads
         self.process: subprocess.Popen | None = None
 
@@ -179,7 +181,7 @@ def main() -> None:
     args = parser.parse_args()
     auth = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode(),
             "Content-Type": "application/json"}
-    offset = [0]
+    offset = [10_000_000]  # session ids Paheko does not have: the worker holds them after one read
 
     def notify(client: httpx.Client, n: int) -> httpx.Response:
         body = {"event": "session.closed", "session_id": offset[0] + n + 1, "closed": "2026-11-24 18:00:00",
@@ -197,7 +199,7 @@ def main() -> None:
         try:
             measure(url, 200, args.concurrency, health)  # warm-up
             measure(url, 200, args.concurrency, notify)
-            offset[0] = 10_000_000
+            offset[0] += 200
             print(f"gunicorn on loopback, {args.requests} requests per route, {args.concurrency} client threads, "
                   f"{os.cpu_count()} cores")
             rows = []
