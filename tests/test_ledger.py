@@ -203,3 +203,16 @@ def test_listings_never_read_the_documents(store):
     with pytest.raises(RuntimeError):
         listed.snapshot  # noqa: B018 - a listed entry refuses to pretend it has no document
     assert store.get_by_id(entry.id).snapshot == {"tabs": ["x" * 100_000]}
+
+
+def test_next_due_is_the_earliest_retry_or_claim_expiry(store):
+    assert store.next_due("lab") is None
+    a = store.record_notification("lab", 1, {}, origin="module").entry
+    now = utcnow()
+    assert store.next_due("lab", now=now) == now  # due at once
+    store.transition(a.id, State.FAILED, next_attempt_at=now + timedelta(minutes=5))
+    assert store.next_due("lab", now=now) == now + timedelta(minutes=5)
+    b = store.record_notification("lab", 2, {}, origin="module").entry
+    assert store.claim("w", lease=timedelta(seconds=30), now=now).id == b.id
+    assert store.next_due("lab", now=now) == now + timedelta(seconds=30)  # the claim may be abandoned
+    assert store.next_due("other", now=now) is None

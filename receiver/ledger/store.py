@@ -514,13 +514,13 @@ class Ledger:
     def next_due(self, source: str | None = None, *, now: datetime | None = None) -> datetime | None:
         """When the next entry (of ``source``) becomes claimable: retry time or claim expiry; ``None``: nothing pending."""
         now = now or utcnow()
-        query = (select(t.entries.c.next_attempt_at, t.entries.c.claim_expires_at)
-                 .where(t.entries.c.state.in_(_ACTIVE_VALUES)).limit(10_000))
-        if source is not None:
-            query = query.where(t.entries.c.source == source)
+        c = t.entries.c
+        active = [c.state.in_(_ACTIVE_VALUES)] + ([c.source == source] if source is not None else [])
+        free = or_(c.claim_expires_at.is_(None), c.claim_expires_at < now)
         with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        times = [max(due or now, expires or now) for due, expires in rows]
+            retry = conn.execute(select(func.min(func.coalesce(c.next_attempt_at, now))).where(*active, free)).scalar()
+            expiry = conn.execute(select(func.min(c.claim_expires_at)).where(*active, ~free)).scalar()
+        times = [moment for moment in (retry, expiry) if moment is not None]
         return min(times) if times else None
 
     def release_claim(self, entry_id: int, worker: str) -> None:
