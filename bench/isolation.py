@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import multiprocessing
 import shutil
 import sys
@@ -108,8 +109,8 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=2.0, help="seconds between progress lines")
     parser.add_argument("--limit", type=float, default=420.0, help="give up after this many seconds")
     args = parser.parse_args()
-    logging.getLogger("receiver").setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory() as tmp:
+    logging.getLogger("receiver").setLevel(logging.CRITICAL)
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
         work = Path(tmp)
         db = work / "paheko.sqlite"
         shutil.copy(ROOT / "tests" / "fixtures" / "paheko-caisse.sqlite", db)
@@ -122,13 +123,18 @@ def main() -> None:
                   FAILING: ("server_error", 1_000_000, {"status": 503})}
         print(f"\n2. {HUNG} hung ({args.hang:.0f} s per answer), {FAILING} answering 503 — forwarded per source:")
         faulty = run(work, db, sessions, faults, args.threads, args.every, args.limit)
+        print("\n3. every Paheko healthy again (how much the machine's load moves the figures):")
+        again = run(work, db, sessions, {}, args.threads, args.every, args.limit)
         n_healthy = len(SOURCES) - len(faults)
-        ref = max(t for name, t in healthy["done_at"].items() if name not in faults)
+        refs = [max(t for name, t in r["done_at"].items() if name not in faults) for r in (healthy, again)]
+        ref = sum(refs) / 2
         print(f"\nthe {n_healthy} healthy sources' {n_healthy * args.sessions} sessions: "
-              f"{ref:.1f} s when every Paheko is healthy, {faulty['healthy_done']:.1f} s beside the hung and "
-              f"failing ones ({faulty['forwarded']} forwarded) -> {faulty['healthy_done'] / ref - 1:+.0%} "
+              f"{refs[0]:.1f} s and {refs[1]:.1f} s when every Paheko is healthy, {faulty['healthy_done']:.1f} s beside "
+              f"the hung and failing ones ({faulty['forwarded']} forwarded) -> {faulty['healthy_done'] / ref - 1:+.0%} "
               f"(target within 20 %) -> {'OK' if faulty['healthy_done'] <= 1.2 * ref else 'MISSED'}")
-        print(f"  all 10 healthy: {healthy['healthy_done']:.1f} s; faulty sources at the end: {faulty['stuck']}")
+        print(f"  faulty sources when the healthy ones were done: {faulty['stuck']}")
+        sys.stdout.flush()
+        os._exit(0)  # the hung source's thread is still waiting on its answer: nothing to wait for
 
 
 if __name__ == "__main__":

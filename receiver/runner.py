@@ -157,6 +157,10 @@ class Runner:
     # -- one source's lane ---------------------------------------------------------------------
 
     def _lane(self, source: Source, worker: Worker, bell: threading.Event) -> None:
+        with self.ledger.relaxed():
+            self._run_lane(source, worker, bell)
+
+    def _run_lane(self, source: Source, worker: Worker, bell: threading.Event) -> None:
         breaker = self.breakers[source.name]
         stop = self.stopping
         while not stop.is_set():
@@ -200,6 +204,10 @@ class Runner:
     # -- one source's poller -------------------------------------------------------------------
 
     def _poller(self, source: Source) -> None:
+        with self.ledger.relaxed():  # a notification found by a poll and lost to a power cut is found again
+            self._run_poller(source)
+
+    def _run_poller(self, source: Source) -> None:
         breaker = self.breakers[source.name]
         client = self._poll_client(source)
         try:

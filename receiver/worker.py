@@ -82,7 +82,8 @@ class ClaimKeeper:
             held = dict(self._held)
         if not held:
             return
-        kept = self.ledger.renew_claims(held, lease=self.lease)
+        with self.ledger.relaxed():
+            kept = self.ledger.renew_claims(held, lease=self.lease)
         with self._lock:
             self._lost.update(i for i in held if i not in kept and i in self._held)
 
@@ -227,13 +228,21 @@ class Worker:
 
     def claim(self, *, source: str | None = None, entry_id: int | None = None) -> Entry | None:
         """Claim a due entry (kept alive by the heartbeat until :meth:`process_claimed` releases it)."""
-        entry = self.ledger.claim(self.name, lease=self.lease, source=source, entry_id=entry_id)
+        with self.ledger.relaxed():
+            entry = self.ledger.claim(self.name, lease=self.lease, source=source, entry_id=entry_id)
         if entry is not None:
             self.claims.hold(entry.id, self.name)
         return entry
 
     def process_claimed(self, entry: Entry) -> Entry:
-        """Process a claimed entry, then release the claim (also when stopping or failing)."""
+        """Process a claimed entry, then release the claim (also when stopping or failing).
+
+        Its ledger writes are :meth:`~receiver.ledger.Ledger.relaxed`: redone if a power cut loses them.
+        """
+        with self.ledger.relaxed():
+            return self._process_claimed(entry)
+
+    def _process_claimed(self, entry: Entry) -> Entry:
         try:
             return self.process(entry)
         except Interrupted as exc:
