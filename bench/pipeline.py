@@ -118,8 +118,9 @@ def idle_worker_runs(config, ledger, receiver_url, db, worker_kwargs, paheko_t, 
             paheko_t.reset(), recyclic_t.reset()
             done.clear()
             target[:] = [session]
+            request = CapturedRequest.from_payload(module_payload(db, session))  # what the module would send
             started = time.perf_counter()
-            send(CapturedRequest.from_payload(module_payload(db, session)), receiver_url, WEBHOOK)
+            send(request, receiver_url, WEBHOOK)
             acknowledged = time.perf_counter()
             done.wait(30)
             wall = time.perf_counter() - started
