@@ -2,7 +2,8 @@
 
 Used by the isolation tests and ``bench/isolation.py``. Every source maps like the demo's ``lab``
 source and forwards to its own JSON-lines file (the default sink): isolation is about each source's
-Paheko, and a file sink keeps the sources from meeting in one Recyclic register.
+Paheko, and a file sink (``forwarded-<name>.jsonl`` beside the ledger) keeps the sources from
+meeting in one Recyclic register.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def multi_source_config(ledger_url: str, paheko_urls: dict[str, str], *, deadlin
     """A configuration with one source per ``{name: paheko url}``, webhook user ``module<name>``."""
     base = demo_config("PAHEKO_URL", PAHEKO_KEY, "http://recyclic.invalid", ("USER", WEBHOOK_PASSWORD))
     head, _, source = base.partition("[sources.lab]")
-    source = "[sources.lab]" + source.split("[sources.lab.sink]")[0]
+    source = "[sources.lab]" + source.split("[sources.lab.sink]")[0] + '[sources.lab.sink]\ntype = "file"\n\n'
     head = re.sub(r'ledger = ".*"', f'ledger = "{ledger_url}"', head)
     head = head.replace("poll_interval = 1", f"poll_interval = {poll_interval}\nlease = {lease}")
     parts = [head]
