@@ -196,7 +196,7 @@ def test_listings_never_read_the_documents(store):
     store.transition(entry.id, State.SNAPSHOT, snapshot={"tabs": ["x" * 100_000]})
     statements = []
     event.listen(store.engine, "before_cursor_execute", lambda conn, cur, sql, *a: statements.append(sql))
-    [listed] = store.list()
+    [listed] = store.list(documents=False)
     store.overview()
     assert not [s for s in statements if "snapshot" in s or "mapped" in s]
     assert listed.id == entry.id and listed.state == State.SNAPSHOT and not listed.documents_loaded

@@ -42,7 +42,8 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 @click.option("--limit", default=50, show_default=True, help="How many entries, most recent first.")
 def list_entries(source: str | None, states: tuple[str, ...], limit: int) -> None:
     """List ledger entries, most recently changed first (times in each source's time zone)."""
-    entries = current_app_services().ledger.list(source=source, states=[State(s) for s in states], limit=limit)
+    entries = current_app_services().ledger.list(source=source, states=[State(s) for s in states], limit=limit,
+                                                 documents=False)
     if not entries:
         click.echo("The ledger is empty." if not (source or states) else "No entry matches.")
         return
@@ -114,7 +115,7 @@ def _select(refs: tuple[str, ...], source: str | None, states: tuple[str, ...], 
         entries = [find_entry(ref, source) for ref in refs]
     elif source or states:
         entries = current_app_services().ledger.list(source=source, states=[State(s) for s in states] or allowed,
-                                                     limit=100_000)
+                                                     limit=100_000, documents=False)
     else:
         raise click.UsageError("name entries (ID or SOURCE:SESSION) or select them with --source/--state")
     skipped = [e for e in entries if e.state not in allowed]

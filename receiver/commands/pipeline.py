@@ -132,7 +132,8 @@ def status() -> None:
         click.echo(f"  forwarded {states.get('forwarded', 0)}, pending {pending}, failed {states.get('failed', 0)}, "
                    f"held {states.get('held', 0)}, dead {states.get('dead', 0)}; "
                    f"oldest pending: {_age(info['oldest_pending'])}")
-        stuck = svc.ledger.list(source=src.name, states=[State.HELD, State.FAILED, State.DEAD], limit=20)
+        stuck = svc.ledger.list(source=src.name, states=[State.HELD, State.FAILED, State.DEAD], limit=20,
+                                documents=False)
         if stuck:
             rows = [[str(e.session_id), e.state.value, local(e.updated_at, src.timezone), (e.reason or "")[:90]]
                     for e in stuck]

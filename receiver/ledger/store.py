@@ -437,9 +437,11 @@ class Ledger:
         source: str | None = None,
         states: Iterable[State] | None = None,
         limit: int = 50,
+        documents: bool = True,
     ) -> list[Entry]:
-        """The most recently changed entries, without their documents (``Entry.snapshot`` is not loaded)."""
-        query = select(*_LISTED).order_by(t.entries.c.updated_at.desc(), t.entries.c.id.desc()).limit(limit)
+        """The most recently changed entries; ``documents=False`` leaves out the re-read and mapped
+        documents (megabytes for a big session), for listings that show states and reasons."""
+        query = select(*(_LISTED if not documents else [t.entries])).order_by(t.entries.c.updated_at.desc(), t.entries.c.id.desc()).limit(limit)
         if source:
             query = query.where(t.entries.c.source == source)
         if states:
