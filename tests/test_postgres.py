@@ -224,33 +224,20 @@ def _notify_once(barrier, queue, url):
 
 
 def test_listen_notify_wakes_an_idle_worker_of_another_process(pg_url):
-    from receiver.ledger.wakeup import Doorbell
+    from tests.wakeup_support import listening
 
-    ledger = Ledger(pg_url)
-    ledger.migrate()
-    doorbell = Doorbell()
-    lab, other = doorbell.subscribe("lab"), doorbell.subscribe("other")
-    stop = ledger.wakeup.listen(doorbell)
-    try:
+    with listening(pg_url, "lab", "other") as (_, (lab, other)):
         assert lab.wait(10)  # the listener rings once when LISTEN is in place
         lab.clear(), other.clear()
         _in_processes(_notify_once, pg_url)
         assert lab.wait(10), "no NOTIFY reached the listening worker"
         assert not other.is_set()  # the payload names the source
-    finally:
-        stop()
-        ledger.close()
 
 
 def test_a_rolled_back_notification_wakes_nobody(pg_url):
-    from receiver.ledger.wakeup import Doorbell
+    from tests.wakeup_support import listening
 
-    ledger = Ledger(pg_url)
-    ledger.migrate()
-    doorbell = Doorbell()
-    lab = doorbell.subscribe("lab")
-    stop = ledger.wakeup.listen(doorbell)
-    try:
+    with listening(pg_url, "lab") as (ledger, (lab,)):
         assert lab.wait(10)
         lab.clear()
         try:
@@ -260,6 +247,3 @@ def test_a_rolled_back_notification_wakes_nobody(pg_url):
         except RuntimeError:
             pass
         assert not lab.wait(1.0)  # NOTIFY is delivered on commit only
-    finally:
-        stop()
-        ledger.close()

@@ -33,6 +33,7 @@ from receiver.runner import Breaker, Runner
 from receiver.worker import Worker
 from tests.conftest import FIXTURES
 from tests.multi_source import PAHEKO_KEY, multi_source_config
+from tests.wakeup_support import listening
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -155,21 +156,13 @@ def test_an_idle_worker_is_woken_by_a_commit_in_another_process(tmp_path, monkey
     directory = tmp_path / ("d" * 60) / ("e" * 60) if deep else tmp_path
     directory.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{directory / 'ledger.sqlite'}"
-    ledger = Ledger(url)
-    ledger.migrate()
-    doorbell = Doorbell()
-    lab, other = doorbell.subscribe("lab"), doorbell.subscribe("other")
-    stop = ledger.wakeup.listen(doorbell)
-    try:
+    with listening(url, "lab", "other") as (ledger, (lab, other)):
         lab.clear(), other.clear()
         subprocess.run([sys.executable, "-c", NOTIFY_FROM_ANOTHER_PROCESS, url, "7"], check=True, cwd=ROOT,
                        timeout=60)
         assert lab.wait(10), "no wake-up for the source that was notified"
         assert not other.is_set()  # the poke names its source
         assert ledger.get("lab", 7).state == State.NOTIFIED
-    finally:
-        stop()
-        ledger.close()
     assert not [p for p in Path(str(directory / "ledger.sqlite") + ".wake").iterdir()]  # socket removed
 
 
