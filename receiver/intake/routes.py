@@ -16,19 +16,23 @@ Every answer is JSON; every message is French, because the Paheko admin reads it
 from __future__ import annotations
 
 import json
+import re
 import time
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from receiver.intake.auth import AuthFailure, authenticate
-from receiver.intake.schema import load_notification, summary_of
+from receiver.intake.auth import AuthFailure, authenticate, parse_authorization
+from receiver.intake.schema import INT64_MAX, load_notification, summary_of
 from receiver.intake.status import notification_message, ping_message, session_view
 from receiver.services import services
 
 bp = Blueprint("intake", __name__, url_prefix="/api/paheko/caisse")
 
 STATUS_MAX_SESSIONS = 200
+#: A notification is 3 levels deep; anything much deeper is not one (and must not reach a recursion limit).
+MAX_JSON_DEPTH = 32
+_SESSION_ID_TEXT = re.compile(r"^\s*[0-9]{1,19}\s*$")
 
 
 def route(*names: str, methods: list[str]):
@@ -57,23 +61,61 @@ def authenticate_module():
         return None  # answers anyone, says nothing, counts no authentication failure
     svc = services()
     try:
-        g.source = authenticate(svc.config, svc.throttle, request.remote_addr or "?", request.authorization)
+        credentials = parse_authorization(request.headers.get("Authorization"))
+        g.source = authenticate(svc.config, svc.throttle, request.remote_addr or "?", credentials)
     except AuthFailure as failure:
         svc.metrics.auth_failures.labels(status=str(failure.status)).inc()
         headers = {"Retry-After": str(failure.retry_after)} if failure.retry_after else {}
         return error(failure.status, failure.message, **headers)
 
 
+def _too_deep(value: object, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when containers nest deeper than ``limit`` (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return False
+
+
 def _json_body() -> tuple[object | None, Response | None]:
     if request.mimetype != "application/json":
         return None, error(415, "Type de contenu refusé : le corps doit être envoyé en application/json.")
-    raw = request.get_data(cache=True)
+    raw = request.get_data(cache=True)  # over max_body_bytes (chunked too): 413 from the error handler
     if not raw.strip():
         return None, error(400, "Notification refusée — le corps de la requête est vide.")
     try:
-        return json.loads(raw), None
+        body = json.loads(raw.decode("utf-8"))  # UTF-8 only: it is what the ledger stores verbatim
     except (ValueError, UnicodeDecodeError):
-        return None, error(400, "Notification refusée — le corps n'est pas du JSON valide.")
+        return None, error(400, "Notification refusée — le corps n'est pas du JSON valide (UTF-8).")
+    except RecursionError:  # deeper than Python parses, so deeper than the limit
+        body = None
+        too_deep = True
+    else:
+        too_deep = _too_deep(body)
+    if too_deep:
+        return None, error(400, f"Notification refusée — le JSON est imbriqué sur plus de {MAX_JSON_DEPTH} niveaux.")
+    return body, None
+
+
+def _session_ids(raw: object) -> list[int] | None:
+    """``1,2,3`` or ``[1, "2", 3]`` as ids that fit Paheko's INTEGER column; ``None`` when malformed."""
+    if isinstance(raw, list):
+        parts = raw
+    else:  # the query string form; empty pieces ("1,,2", a trailing comma) are skipped
+        parts = [part for part in str(raw or "").split(",") if part.strip()]
+    ids = []
+    for part in parts:
+        if isinstance(part, int) and not isinstance(part, bool):
+            ids.append(part)
+        elif isinstance(part, str) and _SESSION_ID_TEXT.match(part):
+            ids.append(int(part))
+        else:
+            return None
+    return ids
 
 
 @route("session-closed", "v1/session-closed", methods=["POST"])
@@ -129,13 +171,10 @@ def status():
         if problem:
             return problem
         raw = body.get("sessions") if isinstance(body, dict) else None
-    if isinstance(raw, list):
-        raw = ",".join(str(v) for v in raw)
-    try:
-        ids = [int(part) for part in str(raw or "").split(",") if part.strip()]
-    except ValueError:
+    ids = _session_ids(raw)
+    if ids is None:
         return error(400, "Paramètre « sessions » invalide : une liste de numéros séparés par des virgules est attendue.")
-    if not ids or any(i < 1 for i in ids) or len(ids) > STATUS_MAX_SESSIONS:
+    if not ids or any(not 1 <= i <= INT64_MAX for i in ids) or len(ids) > STATUS_MAX_SESSIONS:
         return error(400, f"Paramètre « sessions » invalide : de 1 à {STATUS_MAX_SESSIONS} numéros de session positifs.")
     ledger = services().ledger
     entries = ledger.get_many(g.source.name, ids)

@@ -18,6 +18,8 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 EVENT_SESSION_CLOSED = "session.closed"
 PAHEKO_TIMESTAMP = "%Y-%m-%d %H:%M:%S"
 _INTEGER_TEXT = re.compile(r"^\s*-?\d{1,18}\s*$")
+#: Paheko's ids and amounts are SQLite INTEGERs: signed 64-bit. Anything wider cannot be one of them.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 MESSAGES = {
     "required": "champ obligatoire manquant",
@@ -29,7 +31,10 @@ MESSAGES = {
 class LenientInteger(fields.Integer):
     """An integer, or a string holding one (Brindille sends ``-3`` as ``"-3"``); never a bool or 1.5."""
 
-    default_error_messages = {"invalid": "doit être un nombre entier", "too_large": "nombre trop grand"}
+    default_error_messages = {
+        "invalid": "doit être un nombre entier",
+        "too_large": "nombre hors limites (entier de 64 bits attendu)",
+    }
 
     def _validated(self, value):
         if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
@@ -38,7 +43,31 @@ class LenientInteger(fields.Integer):
             raise self.make_error("invalid")
         if not isinstance(value, (int, float, str)):
             raise self.make_error("invalid")
-        return super()._validated(value)
+        number = super()._validated(value)
+        if not INT64_MIN <= number <= INT64_MAX:
+            raise self.make_error("too_large")
+        return number
+
+
+class StorableString(fields.String):
+    """Text the ledger can store as-is: valid Unicode (no lone surrogate such as ``"\\ud800"``), no NUL."""
+
+    default_error_messages = {"unstorable": "contient des caractères invalides"}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if "\x00" in text or not is_storable(text):
+            raise self.make_error("unstorable")
+        return text
+
+
+def is_storable(text: str) -> bool:
+    """True when ``text`` encodes to UTF-8 (JSON's ``\\ud800`` escapes decode to lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class PahekoTimestamp(fields.NaiveDateTime):
@@ -70,7 +99,7 @@ class MethodTotalSchema(Schema):
         unknown = EXCLUDE
 
     method_id = _integer(required=True, validate=_positive("l'identifiant du moyen de paiement"))
-    method = fields.String(load_default=None, validate=validate.Length(max=200), error_messages=MESSAGES)
+    method = StorableString(load_default=None, validate=validate.Length(max=200), error_messages=MESSAGES)
     total = _integer(required=True)
 
 
@@ -84,7 +113,7 @@ class NotificationSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    event = fields.String(
+    event = StorableString(
         required=True,
         validate=validate.OneOf([EVENT_SESSION_CLOSED], error="événement inconnu (attendu : session.closed)"),
         error_messages=MESSAGES,
@@ -94,8 +123,8 @@ class NotificationSchema(Schema):
     result = _integer(load_default=None, allow_none=True)
     nb_tabs = _integer(load_default=None, allow_none=True, validate=validate.Range(min=0, error="doit être positif ou nul"))
     payments = fields.List(fields.Nested(MethodTotalSchema), load_default=list, error_messages=MESSAGES)
-    module_version = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=40), error_messages=MESSAGES)
-    event_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=80), error_messages=MESSAGES)
+    module_version = StorableString(load_default=None, allow_none=True, validate=validate.Length(max=40), error_messages=MESSAGES)
+    event_id = StorableString(load_default=None, allow_none=True, validate=validate.Length(max=80), error_messages=MESSAGES)
 
 
 def summary_of(notification: dict) -> dict:
