@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
-
 from receiver.config import Config, load_config
 from receiver.intake.auth import FailureThrottle
 from receiver.ledger import Ledger
 from receiver.logs import configure_logging
+from receiver.proxies import TrustedProxies, parse_networks
 from receiver.services import EXTENSION, Metrics, Services
 
 
@@ -32,9 +31,8 @@ def create_app(config: Config | None = None) -> Flask:
         throttle=FailureThrottle(config.receiver.auth_failure_limit, config.receiver.auth_failure_window),
         metrics=Metrics(),
     )
-    if config.receiver.trusted_proxies:
-        n = config.receiver.trusted_proxies
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)
+    # Always installed: it also records the socket peer that /metrics and /readyz decide on.
+    app.wsgi_app = TrustedProxies(app.wsgi_app, parse_networks(config.receiver.trusted_proxies))
 
     from receiver import ops
     from receiver.intake import routes

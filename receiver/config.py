@@ -100,7 +100,8 @@ class ReceiverSettings:
     max_body_bytes: int = 64 * 1024
     auth_failure_limit: int = 10
     auth_failure_window: float = 60.0
-    trusted_proxies: int = 0
+    # Reverse proxies whose X-Forwarded-For is believed (addresses/CIDR ranges; receiver.proxies).
+    trusted_proxies: tuple[str, ...] = ()
     metrics_token: Secret | None = None  # bearer token for /metrics; without it, loopback only
     raw_body_retention_days: int = 30  # `maintenance prune` clears raw notification bodies older than this
 
@@ -185,9 +186,30 @@ class ReceiverSettingsSchema(_Strict):
     max_body_bytes = fields.Integer(load_default=64 * 1024, strict=True, validate=validate.Range(min=1024))
     auth_failure_limit = fields.Integer(load_default=10, strict=True, validate=validate.Range(min=1))
     auth_failure_window = fields.Float(load_default=60.0, validate=validate.Range(min=1))
-    trusted_proxies = fields.Integer(load_default=0, strict=True, validate=validate.Range(min=0, max=5))
+    trusted_proxies = fields.Raw(load_default=list)
     metrics_token = SecretField(load_default=None)
     raw_body_retention_days = fields.Integer(load_default=30, strict=True, validate=validate.Range(min=1))
+
+
+    @validates_schema
+    def proxies_are_addresses(self, data, **kwargs):
+        from receiver.proxies import parse_networks
+
+        value = data.get("trusted_proxies")
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValidationError(
+                'must be a list of your reverse proxies\' addresses or CIDR ranges, e.g. ["127.0.0.1", "::1"] '
+                "(a number of hops is no longer accepted: it let any client choose its address)",
+                "trusted_proxies")
+        try:
+            parse_networks(value)
+        except ValueError as exc:
+            raise ValidationError(str(exc), "trusted_proxies") from None
+
+    @post_load
+    def proxies_as_tuple(self, data, **kwargs):
+        data["trusted_proxies"] = tuple(v.strip() for v in data.get("trusted_proxies", ()))
+        return data
 
 
 class WorkerSettingsSchema(_Strict):

@@ -1,14 +1,18 @@
 """Operator routes: ``/healthz`` (process up), ``/readyz`` (ledger writable, config loaded), ``/metrics``.
 
-``/metrics`` (Prometheus text format) answers a request that comes straight from the loopback
-interface (no ``X-Forwarded-For``/``Forwarded`` header, so not relayed by a reverse proxy) or that
-carries ``Authorization: Bearer <[receiver] metrics_token>``; anything else gets 403.
+``/metrics`` (Prometheus text format) answers a request whose socket peer is the loopback interface
+and that carries no proxy header at all (``X-Forwarded-For``, ``X-Real-IP``, ``Forwarded``, even
+empty: a reverse proxy on the same host relays strangers from loopback), or one that carries
+``Authorization: Bearer <[receiver] metrics_token>``; anything else gets 403.
+
+``/readyz`` says ready or not, and nothing about the sources; the same operators (loopback without
+proxy headers, or the metrics token) also get the configured source names. The ledger check behind
+it runs at most every 10 s (:class:`receiver.services.ReadinessCache`): a flood costs no disk write.
 """
 
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import time
 from datetime import datetime
 
@@ -18,7 +22,9 @@ from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy.exc import SQLAlchemyError
 
 from receiver.config import Config
+from receiver.intake.auth import parse_authorization
 from receiver.ledger import Ledger, State
+from receiver.proxies import direct_from_loopback
 from receiver.services import services
 
 bp = Blueprint("ops", __name__)
@@ -32,12 +38,15 @@ def healthz():
 @bp.get("/readyz")
 def readyz():
     svc = services()
-    try:
-        svc.ledger.check_writable()
-    except SQLAlchemyError as exc:
-        current_app.logger.error("ledger not writable", extra={"event": "readyz", "error": type(exc).__name__})
+    checks = svc.readiness.checks
+    ready, problem = svc.readiness.get(svc.ledger.check_writable)
+    if not ready:
+        if svc.readiness.checks != checks:  # log each failed check once, not each cached answer
+            current_app.logger.error("ledger not writable", extra={"event": "readyz", "error": problem})
         return jsonify(status="unavailable", ledger="not writable"), 503
-    return jsonify(status="ready", ledger="writable", sources=sorted(svc.config.sources))
+    if _operator(svc):
+        return jsonify(status="ready", ledger="writable", sources=sorted(svc.config.sources))
+    return jsonify(status="ready", ledger="writable")
 
 
 class LedgerCollector:
@@ -81,27 +90,23 @@ class LedgerCollector:
         yield from (depth, oldest, last)
 
 
-def _from_loopback() -> bool:
-    if request.headers.get("X-Forwarded-For") or request.headers.get("Forwarded"):
-        return False
-    try:
-        return ipaddress.ip_address(request.remote_addr or "").is_loopback
-    except ValueError:
-        return False
-
-
 def _has_token(expected: str | None) -> bool:
-    auth = request.authorization
+    auth = parse_authorization(request.headers.get("Authorization"))
     if expected is None or auth is None or auth.type != "bearer" or not auth.token:
         return False
-    return hmac.compare_digest(auth.token.encode(), expected.encode())
+    return hmac.compare_digest(auth.token.encode("utf-8", "surrogatepass"), expected.encode())
+
+
+def _operator(svc) -> bool:
+    """Loopback with no proxy header at all, or the metrics bearer token."""
+    token = svc.config.receiver.metrics_token
+    return direct_from_loopback(request.environ) or _has_token(token.reveal() if token else None)
 
 
 @bp.get("/metrics")
 def metrics():
     svc = services()
-    token = svc.config.receiver.metrics_token
-    if not (_from_loopback() or _has_token(token.reveal() if token else None)):
+    if not _operator(svc):
         return jsonify(error="metrics are served to loopback or with the metrics bearer token"), 403
     body = svc.metrics.exposition(LedgerCollector(svc.config, svc.ledger))
     return Response(body, content_type=CONTENT_TYPE_LATEST)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flask import current_app
@@ -85,12 +88,46 @@ class _Chain:
             yield from collector.collect()
 
 
+class ReadinessCache:
+    """The last result of a ledger check, refreshed at most every ``interval`` seconds.
+
+    ``/readyz`` may be polled by load balancers, container runtimes or anyone on the internet: a
+    check is a write (an fsync'd transaction), so one request in ``interval`` pays it and the others
+    read the cached answer. A failure is re-checked sooner (``retry``), so recovery shows quickly.
+    """
+
+    def __init__(self, interval: float = 10.0, retry: float = 2.0):
+        self.interval = interval
+        self.retry = retry
+        self._lock = threading.Lock()
+        self._result: tuple[bool, str | None] | None = None
+        self._checked_at = float("-inf")
+        self.checks = 0  # how many real checks ran (tests, metrics)
+
+    def get(self, check: Callable[[], None]) -> tuple[bool, str | None]:
+        """``(ready, error name)``; ``check`` raises when the ledger is not writable."""
+        with self._lock:
+            age = time.monotonic() - self._checked_at
+            if self._result is not None and age < (self.interval if self._result[0] else self.retry):
+                return self._result
+            self.checks += 1
+            try:
+                check()
+            except Exception as exc:  # any failure means "not ready"; the caller logs its name
+                self._result = (False, type(exc).__name__)
+            else:
+                self._result = (True, None)
+            self._checked_at = time.monotonic()
+            return self._result
+
+
 @dataclass
 class Services:
     config: Config
     ledger: Ledger
     throttle: FailureThrottle
     metrics: Metrics
+    readiness: ReadinessCache = field(default_factory=ReadinessCache)
 
 
 def services() -> Services:

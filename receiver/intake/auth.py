@@ -1,7 +1,10 @@
 """HTTP Basic authentication of a Paheko module, with Paheko's own semantics.
 
 No credentials → 401, wrong credentials → 403 (both ``{"error": …}`` in French). Passwords are
-compared in constant time, and an address that keeps failing is throttled (429 + Retry-After).
+compared in constant time. Failures are counted per (client address, user name): a pair that keeps
+failing is throttled (429 + Retry-After), and nobody else is — the real module, from its own address
+or under its own user name, keeps getting in whatever a scanner does next to it. The client address
+is the proxy-resolved one (``receiver.proxies``), so modules behind one reverse proxy stay apart.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+
+from werkzeug.datastructures import Authorization
 
 from receiver.config import Config, Source
 
@@ -27,7 +32,7 @@ class AuthFailure(Exception):
 
 @dataclass
 class FailureThrottle:
-    """Counts authentication failures per client address over a sliding window."""
+    """Counts authentication failures per key — (client address, user name) — over a sliding window."""
 
     limit: int
     window: float
@@ -36,51 +41,67 @@ class FailureThrottle:
         self._failures: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
-    def _recent(self, address: str, now: float) -> deque[float]:
-        stamps = self._failures.setdefault(address, deque())
+    def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
+        stamps = self._failures.setdefault(key, deque())
         while stamps and stamps[0] <= now - self.window:
             stamps.popleft()
         return stamps
 
-    def retry_after(self, address: str) -> int | None:
-        """Seconds to wait when ``address`` is over the limit, else ``None``."""
+    def retry_after(self, key: tuple[str, str]) -> int | None:
+        """Seconds to wait when ``key`` is over the limit, else ``None``."""
         now = time.monotonic()
         with self._lock:
-            stamps = self._recent(address, now)
+            stamps = self._recent(key, now)
             if len(stamps) < self.limit:
                 if not stamps:
-                    self._failures.pop(address, None)
+                    self._failures.pop(key, None)
                 return None
             return max(1, int(stamps[0] + self.window - now + 0.999))
 
-    def record_failure(self, address: str) -> None:
+    def record_failure(self, key: tuple[str, str]) -> None:
         now = time.monotonic()
         with self._lock:
-            self._recent(address, now).append(now)
-            if len(self._failures) > 10_000:  # bounded memory under a scan from many addresses
+            self._recent(key, now).append(now)
+            if len(self._failures) > 10_000:  # bounded memory under a scan from many addresses or names
                 oldest = min(self._failures, key=lambda a: self._failures[a][-1] if self._failures[a] else 0)
                 self._failures.pop(oldest, None)
 
 
+def parse_authorization(header: str | None) -> Authorization | None:
+    """The ``Authorization`` header, or ``None`` when absent or unreadable (any bytes may come in)."""
+    if not header:
+        return None
+    try:
+        return Authorization.from_header(header)
+    except (ValueError, TypeError, UnicodeError):  # werkzeug: non-ASCII base64 text raises ValueError
+        return None
+
+
+def _utf8(text: str) -> bytes:
+    """Bytes to compare; a lone surrogate (undecodable input) can never match a configured secret."""
+    return text.encode("utf-8", "surrogatepass")
+
+
 def authenticate(config: Config, throttle: FailureThrottle, address: str, authorization) -> Source:
     """Return the source whose module sent these credentials, or raise :class:`AuthFailure`."""
-    wait = throttle.retry_after(address)
-    if wait is not None:
-        raise AuthFailure(429, f"Trop d'échecs d'authentification : réessayez dans {wait} s.", wait)
     if authorization is None or authorization.type != "basic" or not authorization.username:
         raise AuthFailure(401, "Identifiants manquants : le module doit envoyer son identifiant et son mot de passe.")
     user = authorization.username
-    password = (authorization.password or "").encode()
+    key = (address, user[:200])
+    wait = throttle.retry_after(key)
+    if wait is not None:
+        raise AuthFailure(429, f"Trop d'échecs d'authentification : réessayez dans {wait} s.", wait)
+    password = _utf8(authorization.password or "")
     source = config.source_for_webhook_user(user)
     ok = False
     for cred in source.webhook if source else ():
         # Compare every credential of the source, always, so timing says nothing about which matched.
-        same_user = hmac.compare_digest(cred.user.encode(), user.encode())
+        same_user = hmac.compare_digest(_utf8(cred.user), _utf8(user))
         same_password = hmac.compare_digest(cred.password.reveal().encode(), password)
         ok |= same_user and same_password
     if not ok:
         # Unknown users cost a comparison too.
         hmac.compare_digest(password, b"x" * max(1, len(password)))
-        throttle.record_failure(address)
+        throttle.record_failure(key)
         raise AuthFailure(403, "Identifiants refusés : vérifiez l'identifiant et le mot de passe dans la configuration du module.")
     return source
