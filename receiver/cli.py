@@ -6,6 +6,7 @@ The configuration comes from ``--config FILE`` or ``$PAHEKO_RECYCLIC_CONFIG``. F
 
 from __future__ import annotations
 
+import os
 import secrets
 import string
 import sys
@@ -60,7 +61,7 @@ def main() -> None:
     Quick start:
       paheko-recyclic init config.toml              write a commented configuration
       paheko-recyclic --config config.toml check-config
-      paheko-recyclic --config config.toml run      serve the receiver (development server)
+      paheko-recyclic --config config.toml run      serve the receiver (waitress, as deployed)
       paheko-recyclic demo                          everything, locally, on bundled data
     """
 
@@ -115,6 +116,8 @@ def check_config() -> None:
         sys.exit(1)
     click.echo(f"Configuration {config.path} is valid.")
     click.echo(f"  ledger: {_redact_url(config.receiver.ledger_url)}")
+    for warning in proxy_warnings(config):
+        click.echo(f"  warning: {warning}", err=True)
     for source in config.sources.values():
         click.echo(
             f"  source {source.name}: Paheko {source.paheko.url} (key {source.paheko.api_user}), "
@@ -124,6 +127,51 @@ def check_config() -> None:
         sink = kind_of(source.sink) if source.sink else "none configured (sessions wait until a [sink] table is added)"
         click.echo(f"    mapping: profile {m.profile}, {len(m.locations)} location(s), {len(m.categories)} "
                    f"category(ies), {len(m.methods)} method(s); sink: {sink}")
+
+
+@main.command("run", with_appcontext=False)
+@click.option("--bind", metavar="HOST:PORT", default=None,
+              help="Address to listen on. Default: $PAHEKO_RECYCLIC_BIND, else 127.0.0.1:8000.")
+@click.option("--threads", type=click.IntRange(1, 64), default=None,
+              help="Application threads. Default: $PAHEKO_RECYCLIC_WEB_THREADS, else 8.")
+def run(bind: str | None, threads: int | None) -> None:
+    """Serve the receiver (waitress): the same server in development and in production.
+
+    Requests are read whole by the I/O loop before a thread handles them, so slow or stalled
+    clients cost no thread; see receiver/serve.py and deploy/README.md. SIGTERM or Ctrl-C stops it.
+    """
+    from receiver.serve import ServeOptions, serve
+
+    app = _create_app()
+    options = ServeOptions.from_environment(app.config["MAX_CONTENT_LENGTH"], bind=bind, threads=threads)
+    serve(app, options)
+
+
+def proxy_warnings(config, bind: str | None = None) -> list[str]:
+    """What ``check-config`` says about ``trusted_proxies`` for the address the receiver will listen on."""
+    import ipaddress
+
+    from receiver.proxies import parse_networks
+    from receiver.serve import BIND_ENV, DEFAULT_BIND
+
+    bind = bind or os.environ.get(BIND_ENV) or DEFAULT_BIND
+    host = bind.rsplit(":", 1)[0].strip("[]") if ":" in bind else bind
+    try:
+        behind_proxy = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        behind_proxy = host == "localhost"
+    networks = parse_networks(config.receiver.trusted_proxies)
+    warnings = []
+    if behind_proxy and not networks:
+        warnings.append(
+            f"the receiver listens on {bind} (loopback), so a reverse proxy forwards to it, but "
+            "[receiver] trusted_proxies is empty: every Paheko seems to come from the proxy's address, "
+            'and one scanner there throttles them all. Set trusted_proxies = ["127.0.0.1", "::1"].')
+    for network in networks:
+        if network.prefixlen == 0:
+            warnings.append(f"trusted_proxies contains {network}: any client could then choose its address "
+                            "with X-Forwarded-For; list only your proxies' addresses.")
+    return warnings
 
 
 def _redact_url(url: str) -> str:

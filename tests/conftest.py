@@ -85,17 +85,19 @@ def live_receiver(app):
         yield server
 
 
-class GunicornReceiver:
-    """The receiver in its production server (gunicorn), as a separate process."""
+class ServedReceiver:
+    """The receiver in its production server (``paheko-recyclic run``: waitress), as a separate process.
 
-    def __init__(self, config_path: Path, workers: int = 1):
+    ``output()`` / ``kill()`` return what it logged (one JSON event per line).
+    """
+
+    def __init__(self, config_path: Path, env: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PAHEKO_RECYCLIC_CONFIG": str(config_path)}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers),
-             "--no-control-socket", "--log-level", "warning", "receiver.app:create_app()"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-m", "receiver", "--config", str(config_path), "run", "--bind", f"127.0.0.1:{self.port}"],
+            env={**os.environ, "PAHEKO_RECYCLIC_LOG_LEVEL": "warning", **(env or {})},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -107,10 +109,10 @@ class GunicornReceiver:
             if self.process.poll() is not None:
                 break
         output = self.kill()
-        raise RuntimeError(f"gunicorn did not start:\n{output}")
+        raise RuntimeError(f"the receiver did not start:\n{output}")
 
     def kill(self, sig: int = signal.SIGKILL) -> str:
-        """Signal the whole process group (master and workers) and collect the output."""
+        """Signal the process (group) and collect the output."""
         try:
             os.killpg(self.process.pid, sig)
         except ProcessLookupError:
@@ -120,13 +122,13 @@ class GunicornReceiver:
 
 
 @pytest.fixture
-def gunicorn_receiver(tmp_path):
-    receivers: list[GunicornReceiver] = []
+def served_receiver(tmp_path):
+    receivers: list[ServedReceiver] = []
 
-    def start(receiver_settings: str = "") -> GunicornReceiver:
+    def start(receiver_settings: str = "", env: dict[str, str] | None = None) -> ServedReceiver:
         path = tmp_path / "config.toml"
         path.write_text(config_text(tmp_path, receiver_settings))
-        receiver = GunicornReceiver(path)
+        receiver = ServedReceiver(path, env)
         receivers.append(receiver)
         return receiver
 

@@ -1,4 +1,4 @@
-"""deploy/: the shipped gunicorn configuration really serves, and the other files say what they must."""
+"""deploy/: the shipped serving command really serves, and the other files say what they must."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import configparser
 import json
 import os
 import re
-import runpy
 import shlex
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from receiver.cli import main as cli
 from receiver.dev.server import free_port
+from receiver.serve import ServeOptions, make_server
 from tests.conftest import config_text
 from tests.test_intake import GOOD, basic
 
@@ -30,18 +30,18 @@ API = "/api/paheko/caisse"
 RECEIVER_PATHS = ("/api/paheko/caisse", "/healthz", "/readyz", "/metrics")
 
 
-# -- gunicorn with deploy/gunicorn.conf.py --------------------------------------------------
+# -- `paheko-recyclic run`, as the unit and the image start it ---------------------------------
 
 @pytest.fixture
 def served(tmp_path):
-    """The receiver under the shipped gunicorn configuration; yields (base URL, process)."""
+    """The receiver started like the systemd unit (config and bind from the environment); (URL, process)."""
     config = tmp_path / "config.toml"
     config.write_text(config_text(tmp_path))
     port = free_port()
     env = {**os.environ, "PAHEKO_RECYCLIC_CONFIG": str(config), "PAHEKO_RECYCLIC_BIND": f"127.0.0.1:{port}",
            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--config", str(DEPLOY / "gunicorn.conf.py")],
+        [sys.executable, "-m", "receiver", "run"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -54,7 +54,7 @@ def served(tmp_path):
             time.sleep(0.05)
     else:
         os.killpg(process.pid, signal.SIGKILL)
-        pytest.fail("gunicorn did not start:\n" + process.communicate()[0].decode(errors="replace"))
+        pytest.fail("the receiver did not start:\n" + process.communicate()[0].decode(errors="replace"))
     yield url, process
     try:
         os.killpg(process.pid, signal.SIGKILL)
@@ -63,7 +63,7 @@ def served(tmp_path):
     process.communicate(timeout=10)
 
 
-def test_shipped_gunicorn_serves_every_route_without_redirect_and_stops_cleanly(served):
+def test_shipped_server_serves_every_route_without_redirect_and_stops_cleanly(served):
     url, process = served
     auth = basic()
     with httpx.Client(base_url=url, timeout=5, follow_redirects=False) as client:
@@ -80,7 +80,7 @@ def test_shipped_gunicorn_serves_every_route_without_redirect_and_stops_cleanly(
         for path in ("/api", "/api/", f"{API}//v1/ping", f"{API}/v1/unknown", "/", "/healthz/"):
             answer = client.post(path, headers=auth)
             assert not answer.is_redirect and "location" not in answer.headers, path
-        # Four notifications, perhaps on different workers: /metrics sums every process.
+        # Four notifications: /metrics sums every process sharing the directory.
         scraped = {(s.name, tuple(sorted(s.labels.items()))): s.value
                    for family in text_string_to_metric_families(client.get("/metrics").text)
                    for s in family.samples}
@@ -102,14 +102,18 @@ def test_shipped_gunicorn_serves_every_route_without_redirect_and_stops_cleanly(
     assert "dTpw" not in output  # the Basic credentials of the requests
 
 
-def test_gunicorn_settings_fit_a_two_core_server():
-    settings = runpy.run_path(str(DEPLOY / "gunicorn.conf.py"))
-    assert settings["worker_class"] == "gthread" and settings["workers"] * settings["threads"] >= 4
-    assert settings["workers"] <= 4
-    assert settings["control_socket_disable"] is True
-    assert settings["graceful_timeout"] < settings["timeout"]
-    assert settings["wsgi_app"] == "receiver.app:create_app()"
-    assert settings["logconfig_dict"]["formatters"]["json"]["()"] == "receiver.logs.JsonFormatter"
+def test_serving_defaults_fit_a_two_core_server_and_hold_many_sockets():
+    options = ServeOptions.from_environment(64 * 1024, bind="127.0.0.1:0")
+    assert 4 <= options.threads <= 16
+    assert options.connection_limit >= 500  # stalled sockets are cheap; the unit's LimitNOFILE covers them
+    assert 10 < options.channel_timeout <= 60  # above Paheko's 10 s budget, short enough to shed stalls
+    server = make_server(lambda environ, start_response: [], options)
+    try:
+        assert server.adj.asyncore_use_poll and server.adj.connection_limit == options.connection_limit
+        assert server.adj.max_request_body_size > options.max_body_bytes  # the app answers 413 itself
+        assert server.channel_class.error_task_class.__name__ == "JsonErrorTask"
+    finally:
+        server.close()
 
 
 # -- systemd --------------------------------------------------------------------------------
@@ -132,7 +136,6 @@ def environment(name: str) -> dict[str, str]:
 @pytest.mark.parametrize("name", ["paheko-recyclic-receiver.service", "paheko-recyclic-worker.service"])
 def test_systemd_units_are_hardened_and_restart(name):
     service = unit(name)["Service"]
-    gunicorn = runpy.run_path(str(DEPLOY / "gunicorn.conf.py"))
     assert service["User"] == service["Group"] == "paheko-recyclic"
     assert service["Restart"] == "on-failure"
     assert service["EnvironmentFile"] == "/etc/paheko-recyclic/env"
@@ -143,14 +146,17 @@ def test_systemd_units_are_hardened_and_restart(name):
     for key, value in {"ProtectSystem": "strict", "NoNewPrivileges": "yes", "PrivateTmp": "yes",
                        "ProtectHome": "yes", "PrivateDevices": "yes", "CapabilityBoundingSet": ""}.items():
         assert service[key] == value, key
-    assert int(service["TimeoutStopSec"]) > gunicorn["graceful_timeout"]
+    assert int(service["TimeoutStopSec"]) > 10  # waitress gives running requests 5 s
     assert unit(name)["Install"]["WantedBy"] == "multi-user.target"
 
 
-def test_systemd_receiver_runs_the_shipped_gunicorn_config():
-    start = shlex.split(unit("paheko-recyclic-receiver.service")["Service"]["ExecStart"])
-    assert start[0].endswith("/gunicorn") and start[1] == "--config"
-    assert start[2].endswith("/deploy/gunicorn.conf.py")
+def test_systemd_receiver_runs_the_cli_server_with_room_for_its_sockets():
+    service = unit("paheko-recyclic-receiver.service")["Service"]
+    start = shlex.split(service["ExecStart"])
+    assert start[0].endswith("/paheko-recyclic")
+    assert start[1:] == ["--config", "/etc/paheko-recyclic/config.toml", "run"]
+    assert int(service["LimitNOFILE"]) > ServeOptions().connection_limit
+    assert environment("paheko-recyclic-receiver.service")["PAHEKO_RECYCLIC_BIND"] == "127.0.0.1:8000"
 
 
 def test_systemd_worker_command_is_the_cli():
@@ -276,7 +282,7 @@ def dockerfile() -> list[tuple[str, str]]:
             if line.strip() and not line.lstrip().startswith("#")]
 
 
-def test_dockerfile_runs_gunicorn_as_an_unprivileged_user_with_the_same_paths():
+def test_dockerfile_runs_the_receiver_as_an_unprivileged_user_with_the_same_paths():
     instructions = dockerfile()
     kinds = [k for k, _ in instructions]
     assert instructions[0][0] == "FROM" and re.match(r"python:3\.1[1-9]", instructions[0][1])
@@ -290,8 +296,7 @@ def test_dockerfile_runs_gunicorn_as_an_unprivileged_user_with_the_same_paths():
     assert "PAHEKO_RECYCLIC_CONFIG=/etc/paheko-recyclic/config.toml" in env
     assert "PAHEKO_RECYCLIC_BIND=0.0.0.0:8000" in env and ("EXPOSE", "8000") in instructions
     cmd = json.loads([v for k, v in instructions if k == "CMD"][-1])
-    assert cmd[:2] == ["gunicorn", "--config"] and cmd[2].endswith("deploy/gunicorn.conf.py")
-    assert any(k == "COPY" and "deploy/gunicorn.conf.py" in v for k, v in instructions)
+    assert cmd == ["paheko-recyclic", "run"]
 
 
 def compose_sections(text: str, indent: int) -> dict[str, str]:

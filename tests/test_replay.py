@@ -53,9 +53,9 @@ def test_captured_request_byte_for_byte_through_werkzeug(live_receiver, ledger):
     assert note["raw_body"].encode() == CapturedRequest.parse_http((FIXTURES / "module-request.http").read_bytes()).body
 
 
-def test_captured_request_through_gunicorn_survives_kill(gunicorn_receiver, tmp_path):
+def test_captured_request_through_the_served_receiver_survives_kill(served_receiver, tmp_path):
     """Durability: the entry is in the ledger even when the server dies right after its 2xx."""
-    receiver = gunicorn_receiver()
+    receiver = served_receiver()
     status, headers, body = raw_http("127.0.0.1", receiver.port, captured_bytes())
     assert status == 201
     assert_decodable_by_paheko(headers, body)
