@@ -77,7 +77,9 @@ class ServeOptions:
     - ``channel_timeout``: seconds of silence after which a connection is closed, mid-request or
       idle (Paheko's module waits 10 s at most, so an honest request is never that slow);
     - ``max_body_bytes``: the app's limit (``[receiver] max_body_bytes``); waitress buffers up to
-      4× that (chunked bodies included) so the app answers 413 itself, in JSON, with the real size.
+      :attr:`server_body_cap` (16× that, 1 MiB at least: chunked framing counts, and 1-byte chunks
+      weigh 6 bytes each) so the app itself answers 413 in JSON, chunked bodies included. Past the
+      cap waitress answers the 413 (JSON too) without reading the rest, and closes.
     """
 
     bind: str = DEFAULT_BIND
@@ -86,6 +88,10 @@ class ServeOptions:
     channel_timeout: int = 30
     max_body_bytes: int = 64 * 1024
     max_header_bytes: int = 32 * 1024
+
+    @property
+    def server_body_cap(self) -> int:
+        return max(16 * self.max_body_bytes, 1024 * 1024)
 
     @classmethod
     def from_environment(cls, max_body_bytes: int, bind: str | None = None, threads: int | None = None):
@@ -136,7 +142,7 @@ def make_server(app, options: ServeOptions):
         channel_timeout=options.channel_timeout,
         cleanup_interval=max(1, min(10, options.channel_timeout // 2)),
         max_request_header_size=options.max_header_bytes,
-        max_request_body_size=4 * options.max_body_bytes,
+        max_request_body_size=options.server_body_cap,
         asyncore_use_poll=True,  # select() stops at 1024 descriptors
         ident="paheko-recyclic",
         expose_tracebacks=False,
