@@ -1,16 +1,22 @@
 #!/usr/bin/env python3
-"""Acknowledgement latency and throughput of the notification endpoint under gunicorn on loopback.
+"""Acknowledgement latency and throughput of the notification endpoint, served as deployed, on loopback.
 
-Each notification is a new session (a real ledger write, fsync'd) and is compared with ``/healthz``
-on the same server, the trivial-route baseline. Prints p50/p99 latency, throughput and the ratio.
-Target (issue 2): p99 under 20 ms and within 3x of the trivial route.
+The server is the shipped one (``paheko-recyclic run``: waitress). Each notification is a new session
+(a real ledger write, fsync'd) and is compared with ``/healthz`` on the same server, the trivial-route
+baseline. Prints p50/p99 latency, throughput and the ratio. Target (issue 2): p99 under 20 ms and within
+3x of the trivial route.
 
 Then the same notifications while a pipeline worker (another process, ``paheko-recyclic worker``)
 forwards a backlog at full speed through the local Paheko and Recyclic (a third process) into the
 same SQLite ledger; it prints the worker's throughput during the run beside the latencies.
 Target (issue 13 item 6): p99 under 20 ms with 4 clients.
 
-    python bench/intake.py [--requests 2000] [--concurrency 4] [--backlog 1500] [--worker-threads 2]
+Stalled connections (issue 13): ``--stalled N`` sockets (default 200) are held open in two variants —
+a request head that never ends, and a body with valid credentials sent one byte at a time — while
+notifications are measured; prints how many sockets were held, how many notifications were answered,
+and their latency meanwhile (the former gunicorn set-up answered none once 8 sockets stalled).
+
+    python bench/intake.py [--requests 2000] [--concurrency 4] [--backlog 1500] [--worker-threads 2] [--stalled 200]
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import base64
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -61,12 +68,9 @@ def write_config(workdir: Path, lab_source: str = "", paheko: str = "http://127.
 def start_server(workdir: Path) -> tuple[subprocess.Popen, str]:
     config = workdir / "config.toml"
     port = free_port()
-    shipped = ROOT / "deploy" / "gunicorn.conf.py"
-    args = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--no-control-socket"]
-    args += ["--config", str(shipped)] if shipped.exists() else ["--workers", "1", "--threads", "8", "-k", "gthread"]
-    env = {**os.environ, "PAHEKO_RECYCLIC_CONFIG": str(config), "PAHEKO_RECYCLIC_LOG_LEVEL": "warning"}
-    process = subprocess.Popen([*args, "receiver.app:create_app()"], env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    args = [sys.executable, "-m", "receiver", "--config", str(config), "run", "--bind", f"127.0.0.1:{port}"]
+    env = {**os.environ, "PAHEKO_RECYCLIC_LOG_LEVEL": "warning"}
+    process = subprocess.Popen(args, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     for _ in range(200):
         try:
@@ -75,7 +79,7 @@ def start_server(workdir: Path) -> tuple[subprocess.Popen, str]:
         except httpx.HTTPError:
             time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
-    raise SystemExit("gunicorn did not start: " + process.stderr.read().decode())
+    raise SystemExit("the receiver did not start: " + process.stderr.read().decode())
 
 
 def measure(url: str, requests: int, concurrency: int, make_request) -> tuple[list[float], float]:
@@ -165,6 +169,63 @@ class BackgroundWorker:
             os.killpg(self.process.pid, signal.SIGTERM)
             self.process.wait(timeout=30)
         self.stand_ins.kill()
+def stalled_connections(url: str, count: int, requests: int, make_request) -> list[tuple]:
+    """Per variant: sockets held (still open, unanswered) and notifications answered meanwhile.
+
+    Bounded: ``requests`` sequential notifications with a 5 s client timeout each; a trickle thread
+    sends one more body byte on every socket every 0.2 s (never idle, never complete).
+    """
+    host, port = url.removeprefix("http://").split(":")
+    auth = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    variants = {
+        "head never ends": (b"GET /healthz HTTP/1.1\r\nHost: x\r\n", False),
+        "body 1 byte at a time": ((f"POST /api/paheko/caisse/v1/session-closed HTTP/1.1\r\nHost: x\r\n"
+                                   f"Authorization: {auth}\r\nContent-Type: application/json\r\n"
+                                   "Content-Length: 100\r\n\r\n{").encode(), True),
+    }
+    rows = []
+    for name, (first_bytes, trickle) in variants.items():
+        sockets = []
+        for _ in range(count):
+            sock = socket.create_connection((host, int(port)), timeout=5)
+            sock.sendall(first_bytes)
+            sockets.append(sock)
+        stop = threading.Event()
+
+        def trickler():
+            while trickle and not stop.wait(0.2):
+                for sock in sockets:
+                    try:
+                        sock.sendall(b" ")
+                    except OSError:
+                        pass
+
+        thread = threading.Thread(target=trickler, daemon=True)
+        thread.start()
+        latencies, failures = [], 0
+        with httpx.Client(base_url=url, timeout=5) as client:
+            for n in range(requests):
+                started = time.perf_counter()
+                try:
+                    ok = make_request(client, n).status_code < 300
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    latencies.append((time.perf_counter() - started) * 1000)
+                else:
+                    failures += 1
+        stop.set()
+        thread.join()
+        held = 0
+        for sock in sockets:
+            sock.setblocking(False)
+            try:
+                sock.recv(1)  # an answer, or b"" when the server closed it
+            except BlockingIOError:
+                held += 1
+            sock.close()
+        rows.append((name, held, len(latencies), failures, latencies))
+    return rows
 
 
 def pct(values: list[float], p: float) -> float:
@@ -178,6 +239,8 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=1500, help="sessions the concurrent worker forwards")
     parser.add_argument("--worker-threads", type=int, default=2, help="threads of the concurrent worker")
     parser.add_argument("--quiet-only", action="store_true", help="skip the run beside a forwarding worker")
+    parser.add_argument("--stalled", type=int, default=200, help="stalled sockets per variant (0: skip)")
+    parser.add_argument("--stalled-requests", type=int, default=500, help="notifications sent while they stall")
     args = parser.parse_args()
     auth = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode(),
             "Content-Type": "application/json"}
@@ -200,7 +263,7 @@ def main() -> None:
             measure(url, 200, args.concurrency, health)  # warm-up
             measure(url, 200, args.concurrency, notify)
             offset[0] += 200
-            print(f"gunicorn on loopback, {args.requests} requests per route, {args.concurrency} client threads, "
+            print(f"paheko-recyclic run (waitress) on loopback, {args.requests} requests per route, {args.concurrency} client threads, "
                   f"{os.cpu_count()} cores")
             rows = []
             for name, fn in (("trivial /healthz", health), ("notification (new session, committed)", notify)):
@@ -234,6 +297,13 @@ def main() -> None:
                           f"(target p99 < 20 ms) -> {verdict}")
                 if worker.forwarded() >= len(worker.sessions):
                     print("  (the backlog ran out during the run: raise --backlog)")
+            if args.stalled:
+                print(f"stalled connections: {args.stalled} sockets per variant, {args.stalled_requests} sequential "
+                      "notifications meanwhile (5 s client timeout)")
+                for name, held, answered, failed, lat in stalled_connections(url, args.stalled, args.stalled_requests, notify):
+                    figures = f"p50 {pct(lat, 50):6.2f} ms  p99 {pct(lat, 99):6.2f} ms" if lat else "no answer"
+                    print(f"  {name:<24} held {held}/{args.stalled}  answered {answered}/{answered + failed}  {figures}")
+                    offset[0] += args.stalled_requests
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=30)

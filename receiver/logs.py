@@ -5,7 +5,7 @@ whatever the caller passed in ``extra=`` (``source``, ``session_id``, ``state``,
 Before a line is written, every configured secret value, every :class:`~receiver.config.Secret`,
 ``Authorization``/``Basic``/``Bearer`` credentials and passwords inside URLs are replaced by ``***``.
 
-The receiver (app factory), the worker and gunicorn (``deploy/gunicorn.conf.py``) all log through
+The receiver (app factory, and its server: ``receiver.serve``) and the worker all log through
 :class:`JsonFormatter`; :func:`configure_logging` installs it for the process.
 """
 
@@ -91,7 +91,7 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "event": getattr(record, "event", None) or ("access" if record.name == "gunicorn.access" else "log"),
+            "event": getattr(record, "event", None) or "log",
             "message": self.redact(record.getMessage()),
         }
         for key, value in vars(record).items():

@@ -39,7 +39,7 @@ class Metrics:
       retry), ``held`` (a person must act), ``dead``;
     - ``forwards{source, outcome}``: a delivery to the sink — same outcomes.
 
-    With ``$PROMETHEUS_MULTIPROC_DIR`` set (``deploy/``: every gunicorn worker and the pipeline
+    With ``$PROMETHEUS_MULTIPROC_DIR`` set (``deploy/``: the receiver and the pipeline
     worker of one host share it), values live in that directory and :meth:`exposition` sums them
     over all processes; without it, each process counts alone.
     """

@@ -10,7 +10,7 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free right now on ``host``, for servers started in another process (gunicorn)."""
+    """A port free right now on ``host``, for servers started in another process (`paheko-recyclic run`)."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
