@@ -26,7 +26,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,9 @@ from pathlib import Path
 
 import httpx
 
+from receiver.dev import stalls
 from receiver.dev.server import free_port
+from receiver.dev.stalls import StalledClients
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -172,59 +173,29 @@ class BackgroundWorker:
 def stalled_connections(url: str, count: int, requests: int, make_request) -> list[tuple]:
     """Per variant: sockets held (still open, unanswered) and notifications answered meanwhile.
 
-    Bounded: ``requests`` sequential notifications with a 5 s client timeout each; a trickle thread
-    sends one more body byte on every socket every 0.2 s (never idle, never complete).
+    Bounded: ``requests`` sequential notifications with a 5 s client timeout each; in the body variant
+    every socket gets one more byte every 0.2 s (never idle, never complete).
     """
     host, port = url.removeprefix("http://").split(":")
     auth = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-    variants = {
-        "head never ends": (b"GET /healthz HTTP/1.1\r\nHost: x\r\n", False),
-        "body 1 byte at a time": ((f"POST /api/paheko/caisse/v1/session-closed HTTP/1.1\r\nHost: x\r\n"
-                                   f"Authorization: {auth}\r\nContent-Type: application/json\r\n"
-                                   "Content-Length: 100\r\n\r\n{").encode(), True),
-    }
+    variants = {"head never ends": (stalls.head(), False),
+                "body 1 byte at a time": (stalls.trickling_body("/api/paheko/caisse/v1/session-closed", auth), True)}
     rows = []
     for name, (first_bytes, trickle) in variants.items():
-        sockets = []
-        for _ in range(count):
-            sock = socket.create_connection((host, int(port)), timeout=5)
-            sock.sendall(first_bytes)
-            sockets.append(sock)
-        stop = threading.Event()
-
-        def trickler():
-            while trickle and not stop.wait(0.2):
-                for sock in sockets:
+        with StalledClients(host, int(port), first_bytes, count, trickle=trickle) as stalled:
+            latencies, failures = [], 0
+            with httpx.Client(base_url=url, timeout=5) as client:
+                for n in range(requests):
+                    started = time.perf_counter()
                     try:
-                        sock.sendall(b" ")
-                    except OSError:
-                        pass
-
-        thread = threading.Thread(target=trickler, daemon=True)
-        thread.start()
-        latencies, failures = [], 0
-        with httpx.Client(base_url=url, timeout=5) as client:
-            for n in range(requests):
-                started = time.perf_counter()
-                try:
-                    ok = make_request(client, n).status_code < 300
-                except httpx.HTTPError:
-                    ok = False
-                if ok:
-                    latencies.append((time.perf_counter() - started) * 1000)
-                else:
-                    failures += 1
-        stop.set()
-        thread.join()
-        held = 0
-        for sock in sockets:
-            sock.setblocking(False)
-            try:
-                sock.recv(1)  # an answer, or b"" when the server closed it
-            except BlockingIOError:
-                held += 1
-            sock.close()
-        rows.append((name, held, len(latencies), failures, latencies))
+                        ok = make_request(client, n).status_code < 300
+                    except httpx.HTTPError:
+                        ok = False
+                    if ok:
+                        latencies.append((time.perf_counter() - started) * 1000)
+                    else:
+                        failures += 1
+            rows.append((name, stalled.held(), len(latencies), failures, latencies))
     return rows
 
 

@@ -9,13 +9,14 @@ a healthy answer, far below the stall that was observed).
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 
 import httpx
 import pytest
 
+from receiver.dev import stalls
+from receiver.dev.stalls import StalledClients
 from receiver.ledger import Ledger
 from receiver.serve import ServeOptions, make_server
 from tests.conftest import SECOND_PASSWORD, SECOND_USER
@@ -30,15 +31,6 @@ def notification(session_id: int) -> dict:
     return {**GOOD, "session_id": session_id}
 
 
-def open_stalled(port: int, first_bytes: bytes, count: int = STALLED) -> list[socket.socket]:
-    sockets = []
-    for _ in range(count):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        sock.sendall(first_bytes)
-        sockets.append(sock)
-    return sockets
-
-
 def answered_notifications(url: str, first_id: int, count: int = 20) -> list[int]:
     statuses = []
     with httpx.Client(base_url=url, timeout=10) as client:
@@ -48,32 +40,16 @@ def answered_notifications(url: str, first_id: int, count: int = 20) -> list[int
     return statuses
 
 
-def still_open_without_answer(sock: socket.socket) -> bool:
-    """Nothing to read and not closed: the server is still waiting for the rest of the request."""
-    sock.setblocking(False)
-    try:
-        sock.recv(1)  # an answer, or b"" for a closed socket
-    except BlockingIOError:
-        return True
-    finally:
-        sock.setblocking(True)
-    return False
-
-
 @pytest.fixture
 def receiver(served_receiver):
     return served_receiver()
 
 
 def test_200_sockets_stalled_in_their_headers_leave_notifications_answered(receiver, tmp_path):
-    stalled = open_stalled(receiver.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-    try:
+    with StalledClients("127.0.0.1", receiver.port, stalls.head(), STALLED) as stalled:
         time.sleep(0.5)  # let the server accept them all (it would have given each a thread before)
         assert answered_notifications(receiver.url, 1000) == [201] * 20 + [200]
-        assert sum(still_open_without_answer(s) for s in stalled) == STALLED
-    finally:
-        for sock in stalled:
-            sock.close()
+        assert stalled.held() == STALLED
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
     try:
         assert len(ledger.known_session_ids("lab", range(1000, 1020))) == 20
@@ -83,31 +59,11 @@ def test_200_sockets_stalled_in_their_headers_leave_notifications_answered(recei
 
 def test_200_bodies_sent_one_byte_at_a_time_leave_notifications_answered(receiver):
     """With valid credentials, ``Content-Length: 100`` and a body that trickles in byte by byte."""
-    auth = basic(SECOND_USER, SECOND_PASSWORD)["Authorization"]
-    head = (f"POST {URL} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n"
-            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n").encode()
-    stalled = open_stalled(receiver.port, head + b"{")
-    stop = threading.Event()
-
-    def trickle():  # one more byte on every socket every 0.2 s: never idle, never complete
-        while not stop.wait(0.2):
-            for sock in stalled:
-                try:
-                    sock.sendall(b" ")
-                except OSError:
-                    pass
-
-    trickler = threading.Thread(target=trickle, daemon=True)
-    trickler.start()
-    try:
+    first = stalls.trickling_body(URL, basic(SECOND_USER, SECOND_PASSWORD)["Authorization"])
+    with StalledClients("127.0.0.1", receiver.port, first, STALLED, trickle=True) as stalled:
         time.sleep(0.5)
         assert answered_notifications(receiver.url, 2000) == [201] * 20 + [200]
-        assert sum(still_open_without_answer(s) for s in stalled) == STALLED
-    finally:
-        stop.set()
-        trickler.join()
-        for sock in stalled:
-            sock.close()
+        assert stalled.held() == STALLED
 
 
 def test_oversize_chunked_body_is_413_json_not_truncated(receiver, tmp_path):
@@ -151,10 +107,10 @@ def test_stalled_socket_is_closed_after_the_channel_timeout():
     server = make_server(lambda environ, start_response: [], options)
     loop = threading.Thread(target=server.run, daemon=True)
     loop.start()
-    sock = open_stalled(server.effective_port, b"GET /healthz HTTP/1.1\r\n", 1)[0]
     try:
-        sock.settimeout(30)
-        assert sock.recv(1) == b""  # the server hung up: a stalled socket is not held forever
+        with StalledClients("127.0.0.1", server.effective_port, stalls.head(), 1) as stalled:
+            [sock] = stalled.sockets
+            sock.settimeout(30)
+            assert sock.recv(1) == b""  # the server hung up: a stalled socket is not held forever
     finally:
-        sock.close()
         server.close()
