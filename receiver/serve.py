@@ -146,6 +146,10 @@ def make_server(app, options: ServeOptions):
         asyncore_use_poll=True,  # select() stops at 1024 descriptors
         ident="paheko-recyclic",
         expose_tracebacks=False,
+        # waitress would delete X-Forwarded-For & co. before the app sees them (it trusts no proxy by
+        # default): then /metrics could not tell a relayed request from a local one, and the app's
+        # trusted_proxies (receiver.proxies, addresses and CIDR ranges) could not work. Keep them.
+        clear_untrusted_proxy_headers=False,
     )
     servers = [server] if hasattr(server, "channel_class") else list(server.map.values())
     for each in servers:

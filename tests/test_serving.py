@@ -66,6 +66,22 @@ def test_200_bodies_sent_one_byte_at_a_time_leave_notifications_answered(receive
         assert stalled.held() == STALLED
 
 
+def test_proxy_headers_reach_the_app_through_the_server(served_receiver):
+    """The server must pass X-Forwarded-For & co. on: the app alone decides whom to trust."""
+    receiver = served_receiver('trusted_proxies = ["127.0.0.1"]')
+    with httpx.Client(base_url=receiver.url, timeout=10) as client:
+        assert client.get("/metrics").status_code == 200  # the host's own Prometheus
+        for header in ({"X-Forwarded-For": "203.0.113.5"}, {"X-Real-IP": "203.0.113.5"}, {"Forwarded": ""}):
+            assert client.get("/metrics", headers=header).status_code == 403, header
+            assert "sources" not in client.get("/readyz", headers=header).json()
+        # Behind the (trusted, loopback) proxy, a scanner's failures do not throttle the module.
+        for _ in range(12):
+            client.post(URL, json=GOOD, headers={**basic("u", "wrong"), "X-Forwarded-For": "198.51.100.66"})
+        scanner = client.post(URL, json=GOOD, headers={**basic("u", "wrong"), "X-Forwarded-For": "198.51.100.66"})
+        module = client.post(URL, json=GOOD, headers={**basic(), "X-Forwarded-For": "198.51.100.2"})
+    assert scanner.status_code == 429 and module.status_code == 201
+
+
 def test_oversize_chunked_body_is_413_json_not_truncated(receiver, tmp_path):
     body = json.dumps({**notification(77), "padding": "x" * 200_000}).encode()
     chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 8192]), body[i:i + 8192]) for i in range(0, len(body), 8192))
