@@ -142,7 +142,7 @@ fuzzed_paths = st.one_of(
 
 @pytest.fixture
 def fuzz_target(served_receiver, tmp_path):
-    receiver = served_receiver()
+    receiver = served_receiver('trusted_proxies = ["127.0.0.1", "::1"]')  # fuzzed X-Forwarded-For gets parsed
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
     counts = {"requests": 0, "accepted": 0}
 
