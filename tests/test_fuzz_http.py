@@ -25,7 +25,7 @@ from tests.test_replay import raw_http
 
 API = "/api/paheko/caisse"
 NOTIFY_PATHS = (f"{API}/v1/session-closed", f"{API}/session-closed")
-KNOWN_PATHS = (*NOTIFY_PATHS, f"{API}/v1/status", f"{API}/v1/ping", "/healthz", "/readyz", "/metrics", "/")
+KNOWN_PATHS = (*NOTIFY_PATHS, f"{API}/v1/status", f"{API}/v1/ping", f"{API}/v1/hello", "/healthz", "/readyz", "/metrics", "/")
 # Derandomized: the same few hundred cases every run (CI never flakes on a rare draw).
 FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck), database=None,
                 derandomize=True)
