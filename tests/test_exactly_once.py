@@ -9,6 +9,7 @@ is shared by threads and paced across restarts.
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -21,7 +22,10 @@ from receiver.ledger.maintenance import backup, restore
 from receiver.sinks.recyclic.client import LOGIN_BUDGET, LedgerLoginLog, RecyclicClient, RecyclicRateLimited
 from receiver.dev.server import LocalServer
 from receiver.outcomes import MustAct, NotSent, RetryLater
-from receiver.sinks.recyclic.sink import RecyclicSink
+from receiver.sinks.recyclic.mapping.model import dump_mapped
+from receiver.sinks.recyclic.profiles import opening_marker
+from receiver.sinks.recyclic.sink import RecyclicSink, _Delivering
+from tests.forward_support import assert_exactly_once
 from tests.forward_support import OPERATOR, Swappable, deliver, mapped_session, new_entry, new_ledger, plug
 from tests.test_pipeline import EXPECTED_TABS, pipeline  # noqa: F401 (the end-to-end fixture)
 
@@ -275,3 +279,117 @@ def test_a_session_changed_after_its_tickets_were_sent_is_held_then_says_ticket_
     assert recyclic_state(pipeline) == before  # nothing posted twice
     texts = [n["text"] for n in pipeline.ledger.notes_of(entry.id)]
     assert any("ticket 8 vaut 5,00 € dans Recyclic" in t and "7,00 € dans Paheko" in t for t in texts), texts
+
+
+# -- two Paheko sessions opened the same second at the same place ------------------------------------------
+
+
+def _store_mapped(ledger: Ledger, entry, mapped) -> None:
+    """What the worker does before delivering: the mapped document kept on the entry."""
+    ledger.transition(entry.id, State.MAPPED, mapped=dump_mapped(mapped))
+
+
+def test_same_second_openings_in_two_threads_each_keep_their_own_session(served, ledger, monkeypatch):
+    """Thread A's opening has left (Recyclic holds it, still empty) but its record has no Recyclic id yet when
+    thread B looks for B's session at the same place and second: B must neither adopt it nor close it."""
+    stand = plug(_TARGET, "v2")
+    sink = RecyclicSink(stand.config(), ledger=ledger)
+    a, b = mapped_session(session_id=21), mapped_session(session_id=22)
+    assert a.opening == b.opening  # same site, register, operator and second
+    entries = {21: new_entry(ledger, 21), 22: new_entry(ledger, 22)}
+    for mapped in (a, b):
+        _store_mapped(ledger, entries[mapped.session_id], mapped)
+    results: dict[int, object] = {}
+    real_open = _Delivering.open_session
+
+    def run(mapped) -> None:
+        try:
+            results[mapped.session_id] = deliver(sink, entries[mapped.session_id], mapped, ledger)
+        except Exception as exc:  # reported by the assertions below
+            results[mapped.session_id] = exc
+
+    def open_then_let_b_run(self):
+        opened = real_open(self)  # the POST has left; A's record is still "sending", without Recyclic's id
+        if self.mapped.session_id == 21:
+            assert ledger.forwards_of(entries[21].id)[("session", 21)].status == "sending"
+            other = threading.Thread(target=run, args=(b,))
+            other.start()
+            other.join()
+        return opened
+
+    monkeypatch.setattr(_Delivering, "open_session", open_then_let_b_run)
+    first = threading.Thread(target=run, args=(a,))
+    first.start()
+    first.join()
+    assert not any(isinstance(r, Exception) for r in results.values()), results
+    assert results[21].reference != results[22].reference
+    assert_exactly_once(stand, a, results[21].reference)
+    assert_exactly_once(stand, b, results[22].reference)
+    assert len(stand.sessions()) == 2 and all(s.status == "closed" for s in stand.sessions())
+    assert not [n for e in entries.values() for n in ledger.notes_of(e.id) if "en trop" in n["text"]]
+    # The two openings are told apart by the microseconds Recyclic keeps; people still see Paheko's second.
+    opened = {stand.app.store.sessions[results[n].reference].opened_at for n in (21, 22)}
+    assert {t.replace(microsecond=0) for t in opened} == {a.opening.opened_at} and len(opened) == 2
+    assert {t.microsecond for t in opened} == {opening_marker("lab", 21), opening_marker("lab", 22)}
+    assert json.loads(ledger.list()[0].mapped_json)["opening"]["opened_at"] == a.opening.opened_at.isoformat()
+
+
+def test_same_second_sessions_are_found_again_after_the_ledger_is_deleted(served, tmp_path, monkeypatch):
+    """Both openings went through but no sale yet (two empty sessions, same place and second), then the
+    ledger is lost: each Paheko session takes back its own Recyclic session; none is closed, none added."""
+    stand = plug(_TARGET, "v2")
+    a, b = mapped_session(session_id=31), mapped_session(session_id=32, close=False)
+    first_ledger = Ledger(f"sqlite:///{tmp_path / 'first.sqlite'}")
+    first_ledger.migrate()
+    real_post_sales = _Delivering.post_sales
+
+    def fail_sales(self, session_id):
+        raise RetryLater("Recyclic indisponible", "test: sales not sent")
+
+    monkeypatch.setattr(_Delivering, "post_sales", fail_sales)
+    opened = {}
+    for mapped in (a, b):
+        entry = new_entry(first_ledger, mapped.session_id)
+        with pytest.raises(RetryLater):
+            deliver(RecyclicSink(stand.config()), entry, mapped, first_ledger)
+        opened[mapped.session_id] = first_ledger.forwards_of(entry.id)[("session", mapped.session_id)].sink_id
+    first_ledger.close()
+    assert len(stand.sessions()) == 2 and not any(s.sale_ids for s in stand.sessions())
+
+    monkeypatch.setattr(_Delivering, "post_sales", real_post_sales)
+    ledger = new_ledger(tmp_path)  # a new, empty ledger: nothing says which session is whose
+    try:
+        flush_idempotency(stand.app)
+        for mapped in (a, b):
+            entry = new_entry(ledger, mapped.session_id)
+            delivery = deliver(RecyclicSink(stand.config()), entry, mapped, ledger)
+            assert delivery.reference == opened[mapped.session_id]
+            assert_exactly_once(stand, mapped, delivery.reference)
+            assert not [n for n in ledger.notes_of(entry.id) if "en trop" in n["text"]]
+        assert len(stand.sessions()) == 2
+        assert {s.id: s.status for s in stand.sessions()} == {opened[31]: "closed", opened[32]: "open"}
+    finally:
+        ledger.close()
+
+
+def test_an_unmarked_empty_session_is_left_alone_while_another_opening_at_that_second_is_unsettled(
+        served, ledger):
+    """An empty session opened by an older receiver (whole second, no marker) at the second another Paheko
+    session's opening is still unsettled may be that one's: it is neither taken nor closed; once that one is
+    settled it takes it back."""
+    stand = plug(_TARGET, "v2")
+    a, b = mapped_session(session_id=41), mapped_session(session_id=42)
+    body = {"operator_id": OPERATOR, "site_id": MAIN_SITE.id, "register_id": REPLAY_REGISTER.id,
+            "initial_amount": 50.0, "opened_at": a.opening.opened_at}
+    legacy = stand.app.store.open_session(body).id  # A's opening by an older receiver, answer lost
+    entry_a, entry_b = new_entry(ledger, 41), new_entry(ledger, 42)
+    _store_mapped(ledger, entry_a, a)
+    ledger.record_forward(entry_a.id, "session", 41, status="sending")
+    delivered_b = deliver(RecyclicSink(stand.config()), entry_b, b, ledger)
+    assert delivered_b.reference != legacy
+    assert stand.app.store.sessions[legacy].status == "open" and not stand.app.store.sessions[legacy].sale_ids
+    delivered_a = deliver(RecyclicSink(stand.config()), entry_a, a, ledger)
+    assert delivered_a.reference == legacy  # its lost opening, settled: no third session
+    assert_exactly_once(stand, a, legacy)
+    assert_exactly_once(stand, b, delivered_b.reference)
+    assert len(stand.sessions()) == 2 and all(s.status == "closed" for s in stand.sessions())

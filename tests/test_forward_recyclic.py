@@ -16,6 +16,7 @@ from receiver.dev.recyclic import CATEGORIES, MAIN_SITE, REPLAY_REGISTER, Fault
 from receiver.dev.recyclic_store import ApiError
 from receiver.dev.server import LocalServer
 from receiver.outcomes import MustAct as DeliveryHeld, RetryLater as DeliveryRetry
+from receiver.sinks.recyclic.profiles import marked_opening_time, opening_marker
 from receiver.sinks.recyclic.sink import RecyclicSink
 from receiver.sinks.recyclic.client import RecyclicClient
 from receiver.sinks.recyclic.mapping.config import MappingSchema
@@ -70,8 +71,10 @@ def test_session_sales_and_close_arrive_once_with_exact_amounts(ledger, profile)
     assert_exactly_once(stand, mapped, delivery.reference)
     session = stand.app.store.sessions[delivery.reference]
     assert (session.operator_id, session.register_id, session.initial_amount) == (OPERATOR, mapped.opening.register_id, 5000)
-    if profile == "v2":  # back-dated to Paheko's opening time, sent with its offset
-        assert session.deferred and session.opened_at == mapped.opening.opened_at
+    if profile == "v2":  # back-dated to Paheko's opening time (its second), sent with its offset
+        assert session.deferred and session.opened_at.replace(microsecond=0) == mapped.opening.opened_at
+        # the microseconds carry this Paheko session's marker (1..999999; 0 = sent by an older receiver)
+        assert session.opened_at.microsecond == opening_marker(mapped.source, mapped.session_id) > 0
     else:
         assert not session.deferred and session.opened_at == START
     assert session.status == "closed" and session.actual_amount == mapped.closing.actual_cents
@@ -90,6 +93,18 @@ def test_session_sales_and_close_arrive_once_with_exact_amounts(ledger, profile)
     assert (again.reference, again.sales) == (delivery.reference, delivery.sales)
     assert [s.method for s in stand.log.seen[-1:]] == ["POST"] and stand.log.count("POST", "/sales/") == 3
     assert stand.log.count("POST", "/cash-sessions/") == 1
+
+
+def test_the_opening_marker_is_stable_and_keeps_paheko_second():
+    """The marker is how a session opened by this receiver is recognised later, by any version: it must
+    never change (pinned values), never be 0 (left to unmarked openings), and never move the second."""
+    assert [opening_marker("lab", 7), opening_marker("lab", 8), opening_marker("shop", 7)] == [313349, 577965, 503647]
+    markers = {opening_marker("lab", n) for n in range(1, 5001)}
+    assert min(markers) >= 1 and max(markers) <= 999_999 and len(markers) > 4980
+    opened = datetime(2026, 3, 14, 13, 0, 59, tzinfo=PARIS_WINTER)
+    sent = marked_opening_time(opened, "lab", 7)
+    assert sent.replace(microsecond=0) == opened and sent.utcoffset() == opened.utcoffset()
+    assert sent.isoformat() == "2026-03-14T13:00:59.313349+01:00"
 
 
 def test_requests_are_identified_and_never_carry_context_headers(ledger):

@@ -663,6 +663,16 @@ class Ledger:
                 t.forwards.c.kind == kind, t.forwards.c.sink_id.in_(ids))).all()
         return {sink_id: entry_id for sink_id, entry_id in rows}
 
+    def unsettled(self, kind: str) -> list[Entry]:
+        """Entries with a ``kind`` record left ``sending`` (a request whose outcome is not known yet: in flight
+        in another thread, or its answer lost): what a sink must not take for a leftover of its own."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.entries).join(t.forwards, t.forwards.c.entry_id == t.entries.c.id)
+                .where(t.forwards.c.kind == kind, t.forwards.c.status == "sending")
+            ).all()
+        return [Entry.from_row(row) for row in rows]
+
     def forward_owner(self, kind: str, sink_id: str) -> Entry | None:
         """The entry whose forward log records ``sink_id`` (e.g. which Paheko session a Recyclic session is)."""
         with self.engine.connect() as conn:

@@ -3,14 +3,17 @@
 Bodies are built from the mapped session (integer cents and grams) and converted here, at the edge, to
 Recyclic's float euros and float kilograms per line, with exactly the published fields. A
 :class:`Profile` also says what each line lets the forwarder find again in Recyclic: v2 back-dates the
-opening (``opened_at``, so a session is found by site, register and opening time) and keeps each sale's
-``note`` (so a ticket is found by the Paheko ids it names); 1.3 does neither.
+opening (``opened_at``, so a session is found by site, register and opening time, whose microseconds carry
+a marker of the Paheko session: :func:`opening_marker`) and keeps each sale's ``note`` (so a ticket is
+found by the Paheko ids it names); 1.3 does neither.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -29,6 +32,20 @@ def parse_sale_note(note: str | None) -> tuple[str, int, int] | None:
     """``(source, session_id, tab_id)`` from a :func:`sale_note`, or None for any other text."""
     match = NOTE.match(note or "")
     return (match[1], int(match[2]), int(match[3])) if match else None
+
+
+def opening_marker(source: str, session_id: int) -> int:
+    """The microseconds (1..999 999) added to Paheko's opening time, whole seconds, in a v2 opening: an
+    identity Recyclic keeps (observed: ``opened_at`` read back and listed to the microsecond), so that two
+    Paheko sessions opened the same second at the same place never take each other's Recyclic session.
+    0 is left to openings sent without a marker (older versions of the receiver)."""
+    digest = hashlib.sha256(f"paheko-recyclic:{source}:{session_id}:opening".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 999_999 + 1
+
+
+def marked_opening_time(opened_at: datetime, source: str, session_id: int) -> datetime:
+    """The ``opened_at`` sent to Recyclic: Paheko's second, plus :func:`opening_marker` microseconds."""
+    return opened_at.replace(microsecond=opening_marker(source, session_id))
 
 
 def idempotency_key(source: str, session_id: int, tab_id: int) -> str:

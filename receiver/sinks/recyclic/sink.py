@@ -7,8 +7,9 @@ first and what it holds is adopted; only what is missing is created. So a ledger
 deleted, or holding a ``sending`` record whose answer was lost never makes a second session or sale:
 
 - the session (v2): listed with ``GET /cash-sessions/`` (site, register, around Paheko's opening time,
-  empty sessions included) and matched on the exact opening time (v2 back-dates it), then checked by the
-  notes of its sales. An empty extra session (a lost opening) is closed, which deletes it, and reported.
+  empty sessions included) and matched on the opening time (v2 back-dates it): Paheko's second, whose
+  microseconds carry a marker of the Paheko session, so that two sessions opened the same second at the
+  same place never take (or close) each other's; then checked by the notes of its sales. An empty extra session (a lost opening) is closed, which deletes it, and reported.
   Recyclic 1.3 cannot back-date: a session is only found again after a lost opening (the empty open
   session of the replay register), and an "already open" refusal is retried or adopted, never held;
 - a sale (v2): by its ``note``, which names the source, the Paheko session and the ticket
@@ -30,9 +31,12 @@ import hmac
 import json
 import logging
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
+
+from marshmallow import ValidationError
 
 from receiver.ledger import Entry
 from receiver.ledger.store import CHANGED_AFTER_SENDING, utcnow
@@ -48,7 +52,8 @@ from receiver.sinks.recyclic.mapping import mapped_document
 from receiver.sinks.recyclic.mapping.mapper import euros
 from receiver.sinks.recyclic.mapping.model import MappedSale, MappedSession, load_mapped
 from receiver.sinks.recyclic.profiles import (
-    CLOSE_BODY, CREATED, PROFILES, REMOTE_SESSION, cents, load_remote, parse_sale_note, sale_shape,
+    CLOSE_BODY, CREATED, PROFILES, REMOTE_SESSION, cents, load_remote, marked_opening_time, opening_marker,
+    parse_sale_note, sale_shape,
 )
 
 log = logging.getLogger("receiver.sinks.recyclic")
@@ -61,8 +66,6 @@ PAGE = 100
 MAX_PAGES = 20
 #: Listed around Paheko's opening time (Recyclic filters ``opened_at``; the margin absorbs clock or zone slips).
 LISTING_WINDOW = timedelta(minutes=10)
-#: Two opening times this close are the same opening (Paheko keeps seconds).
-SAME_INSTANT = timedelta(seconds=1)
 #: Recyclic's refusal of a live opening while another session is open (v2 French; 1.3 English).
 ALREADY_OPEN = re.compile(r"déjà ouverte|already (has an )?open", re.IGNORECASE)
 #: How long to wait before trying again an opening refused because another session is open.
@@ -177,37 +180,53 @@ class _Delivering:
         return "ours" if any(n is not None and n[:2] == key for n in notes) else "other"
 
     def find_session(self) -> str | None:
-        """The Recyclic session already holding this Paheko session, or ``None`` (see the module doc)."""
+        """The Recyclic session already holding this Paheko session, or ``None`` (see the module doc).
+
+        Sessions at the same site, register and second are told apart by the microseconds of their opening
+        time (:func:`~receiver.sinks.recyclic.profiles.opening_marker`): one with this session's marker is
+        ours, one with another marker another Paheko session's — never adopted nor closed, even while that
+        one's opening is still in flight in another thread, or after the ledger was restored or deleted. One
+        without a marker (opened by an older receiver) is judged by its owner and its sales' notes; empty, it
+        is taken for ours only while no other session of this ledger has an unsettled opening at that second."""
         mapped, opening = self.mapped, self.mapped.opening
         if not self.profile.backdated_opening:
             return self.find_lost_legacy_opening()
         when = opening.opened_at
+        second = when.replace(microsecond=0)
+        marker = opening_marker(mapped.source, mapped.session_id)
         rows = self.list_sessions(site_id=opening.site_id, register_id=opening.register_id,
-                                  date_from=(when - LISTING_WINDOW).astimezone(UTC).isoformat(),
-                                  date_to=(when + LISTING_WINDOW).astimezone(UTC).isoformat())
-        same = [row for row in rows
-                if (at := _instant(row.get("opened_at"))) is not None and abs(at - when) < SAME_INSTANT
+                                  date_from=(second - LISTING_WINDOW).astimezone(UTC).isoformat(),
+                                  date_to=(second + LISTING_WINDOW).astimezone(UTC).isoformat())
+        same = [(row, at.microsecond) for row in rows
+                if (at := _instant(row.get("opened_at"))) is not None and at.replace(microsecond=0) == second
                 and row.get("site_id") == opening.site_id and (row.get("register_id") or None) == opening.register_id]
-        owners = self.log.ledger.forward_owners("session", [row["id"] for row in same])
+        unmarked = [row["id"] for row, micro in same if micro == 0]
+        owners = self.log.ledger.forward_owners("session", unmarked)
+        contested = bool(unmarked) and self.opening_in_flight_elsewhere(second)
         candidates = []
-        for row in same:
+        for row, micro in same:
+            if micro not in (0, marker):
+                continue  # another Paheko session's opening (its marker), whatever the ledger says
             owner = owners.get(row["id"])
-            if owner is not None and owner != self.log.entry.id:
+            if micro == 0 and owner is not None and owner != self.log.entry.id:
                 continue  # another Paheko session's (same place, same second: another source)
             detail = self.read_session(row["id"])
             kind = self.ours(detail)
+            if kind == "empty" and micro == 0 and contested:
+                continue  # maybe the opening another session is sending right now: not ours to take or close
             if kind != "other":
-                candidates.append((kind, detail))
+                candidates.append((kind, micro == marker, detail))
         if not candidates:
             return None
-        mine = [d for kind, d in candidates if kind == "ours"]
+        mine = [d for kind, _, d in candidates if kind == "ours"]
         if len(mine) > 1:
             raise MustAct(
                 f"Recyclic contient {len(mine)} sessions pour la session Paheko {mapped.session_id} "
                 f"({', '.join(d['id'] for d in mine)}), chacune avec des tickets de cette session : rien n'est "
                 "envoyé. Dans Recyclic, gardez-en une (supprimez les ventes en double de l'autre), puis libérez "
                 "la session : les tickets absents seront envoyés, ceux déjà présents ne le seront pas.")
-        chosen = mine[0] if mine else next(d for kind, d in candidates if kind == "empty")
+        empties = [d for kind, _, d in sorted(candidates, key=lambda c: not c[1]) if kind == "empty"]  # marked first
+        chosen = mine[0] if mine else empties[0]
         self.remote = chosen
         if mine:
             self.log.note(f"Session Recyclic {chosen['id']} retrouvée avec {len(chosen['sales'])} ticket(s) de cette "
@@ -215,11 +234,27 @@ class _Delivering:
                           "rien n'est envoyé en double.")
         else:
             self.log.note(f"Session Recyclic {chosen['id']} déjà ouverte pour cette session (vide, ouverte le "
-                          f"{when:%d/%m/%Y à %H:%M:%S}) : reprise, aucune autre n'est ouverte.")
-        for kind, detail in candidates:
+                          f"{second:%d/%m/%Y à %H:%M:%S}) : reprise, aucune autre n'est ouverte.")
+        for _, _, detail in candidates:
             if detail is not chosen:
                 self.close_orphan(detail)
         return chosen["id"]
+
+    def opening_in_flight_elsewhere(self, second: datetime) -> bool:
+        """Whether another Paheko session of this ledger has an opening left ``sending`` (in flight, or its
+        answer lost) at this place and second: an unmarked empty session there may be that one's."""
+        place = (self.mapped.opening.site_id, self.mapped.opening.register_id)
+        for entry in self.log.ledger.unsettled("session"):
+            if entry.id == self.log.entry.id or not entry.mapped:
+                continue
+            try:
+                other = load_mapped(entry.mapped).opening
+            except (ValidationError, TypeError, ValueError):
+                continue  # another sink's document: not a Recyclic opening
+            if other is not None and (other.site_id, other.register_id) == place \
+                    and other.opened_at.replace(microsecond=0) == second:
+                return True
+        return False
 
     def find_lost_legacy_opening(self) -> str | None:
         """Recyclic 1.3: after a lost opening only, the empty open session of that register and operator
@@ -275,7 +310,11 @@ class _Delivering:
     # -- opening ---------------------------------------------------------------------------------------
 
     def open_session(self) -> str:
-        body = self.profile.open_body.dump(self.mapped.opening)
+        opening = self.mapped.opening
+        if self.profile.backdated_opening:  # the opening's identity in Recyclic (see find_session)
+            opening = replace(opening, opened_at=marked_opening_time(opening.opened_at, self.mapped.source,
+                                                                     self.mapped.session_id))
+        body = self.profile.open_body.dump(opening)
         try:
             answer = self.client.post("cash-sessions/", body)
         except RecyclicRefused as exc:
