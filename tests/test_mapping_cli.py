@@ -27,7 +27,11 @@ CLOTHES = "0b6c1d52-8e0a-4c59-9c1c-2f2b7f7b1a04"
 def test_config_without_mapping_gets_the_empty_mapping(tmp_path):
     config = parse_config(tomllib.loads(config_text(tmp_path)))
     assert config.sources["lab"].mapping == Mapping()
-    assert Mapping().policies == Policies() and Policies().refunds == "hold"
+    assert Mapping().policies == Policies()
+    # What Recyclic cannot represent is left out by default; configuration gaps hold.
+    assert (Policies().refunds, Policies().debt_wallet, Policies().membership) == ("skip", "skip", "skip")
+    assert (Policies().unknown_category, Policies().unknown_method, Policies().unknown_location) == ("hold",) * 3
+    assert Mapping().close_session is True
 
 
 def test_config_with_a_mapping(tmp_path):
@@ -39,7 +43,7 @@ locations = {{ "Boutique principale" = {{ site = "{SITE}", register = "{REGISTER
 no_location = {{ site = "{SITE}" }}
 categories = {{ "Vêtements" = "{CLOTHES}", "Adhésion" = "membership" }}
 methods = {{ "Espèces" = "Cash", "CB" = "card" }}
-policies = {{ refunds = "skip" }}
+policies = {{ refunds = "hold" }}
 """
     m = parse_config(tomllib.loads(text)).sources["lab"].mapping
     assert m.profile == "legacy" and m.close_session is True  # legacy closes by default
@@ -47,8 +51,9 @@ policies = {{ refunds = "skip" }}
     assert m.locations["Boutique principale"].register_id == REGISTER and m.no_location.register_id is None
     assert m.categories == {"Vêtements": CLOTHES, "Adhésion": "membership"}
     assert m.methods == {"Espèces": "cash", "CB": "card"}
-    assert m.policies.refunds == "skip" and m.policies.debt_wallet == "hold"
-    assert MappingSchema().load({}).close_session is False  # v2 does not close by default
+    assert m.policies.refunds == "hold" and m.policies.debt_wallet == "skip"
+    assert MappingSchema().load({}).close_session is True  # sessions are closed by default
+    assert MappingSchema().load({}).allow_live is False
     assert MappingSchema().load({"profile": "legacy", "close_session": False}).close_session is False
 
 

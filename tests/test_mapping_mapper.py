@@ -29,7 +29,7 @@ def uid(n: int) -> str:
 SITE, REGISTER, OPERATOR, DEFAULT_OPERATOR = uid(1), uid(2), uid(3), uid(4)
 CATEGORIES = {"Vêtements": uid(10), "Livres": uid(11), "Électroménager": uid(12), "Mobilier": uid(13)}
 CLOTHES, BOOKS, APPLIANCES, FURNITURE = CATEGORIES.values()
-METHODS = {"Espèces": "cash", "Monnaie locale": "cash", "CB": "card", "Chèque": "check"}
+METHODS = {"Espèces": "cash", "Monnaie locale": "monnaie_locale", "CB": "card", "Chèque": "check"}
 
 
 def mapping(**changes):
@@ -39,11 +39,10 @@ def mapping(**changes):
         "locations": {"Boutique principale": {"site": SITE, "register": REGISTER}},
         "categories": dict(CATEGORIES),
         "methods": dict(METHODS),
-        "policies": {"refunds": "skip"},
     }
     policies = changes.pop("policies", {})
     document.update(changes)
-    document["policies"] = {**document["policies"], **policies}
+    document["policies"] = policies
     return MappingSchema().load({k: v for k, v in document.items() if v is not None})
 
 
@@ -69,6 +68,10 @@ def parts(mapped):
     return [(p.kind, p.tab_id, p.item_id, p.payment_id, p.amount_cents, p.weight_grams) for p in mapped.skipped]
 
 
+def parts_of(mapped, tab_id):
+    return [p for p in mapped.skipped if p.tab_id == tab_id]
+
+
 def held(snapshot, m) -> list[str]:
     with pytest.raises(MappingHeld) as info:
         map_session(snapshot, m)
@@ -84,7 +87,7 @@ def test_fixture_session_1_with_refunds_skipped(fixture_sessions):
     assert (m.source, m.session_id, m.profile, m.close_session) == ("lab", 1, "v2", True)
     assert m.opening.site_id == SITE and m.opening.register_id == REGISTER and m.opening.operator_id == OPERATOR
     assert m.opening.opened_at == datetime(2026, 11, 24, 1, 18, 21, tzinfo=CET)
-    assert m.opening.initial_cents == 5000 + 2000  # both drawers are mapped to cash
+    assert m.opening.initial_cents == 5000  # euro cash only: the local currency's 20,00 € float is not euros
     sales = {s.tab_id: s for s in m.sales}
     assert list(sales) == [1, 2, 3, 5]
     assert items(sales[1]) == [(1, CLOTHES, 3, 600, 900, "T-shirt"), (2, BOOKS, 2, 300, 200, "Livre de poche")]
@@ -95,8 +98,8 @@ def test_fixture_session_1_with_refunds_skipped(fixture_sessions):
     assert [(p.code, p.amount_cents) for p in sales[2].payments] == [("card", 1500), ("cash", 700)]
     assert items(sales[3]) == [(5, APPLIANCES, 1, 62000, 8000, "Lave-linge")]
     assert payments(sales[3]) == [("check", 8000, (4,), (8000,))]
-    # Espèces and Monnaie locale both map to cash: one payment of 1450 from two Paheko payments.
-    assert [(p.code, p.amount_cents, len(p.paheko_payment_ids)) for p in sales[5].payments] == [("cash", 1450, 2)]
+    # Espèces and Monnaie locale stay apart: 10,00 in local currency, 4,50 € in cash.
+    assert [(p.code, p.amount_cents) for p in sales[5].payments] == [("monnaie_locale", 1000), ("cash", 450)]
     assert [s.total_cents for s in m.sales] == [1100, 2200, 8000, 1450]
     for sale in m.sales:
         assert sale.note == f"Paheko lab session 1 ticket {sale.tab_id}"
@@ -113,15 +116,15 @@ def test_fixture_session_1_with_refunds_skipped(fixture_sessions):
     assert (r.weight_grams.paheko, r.weight_grams.forwarded, r.weight_grams.skipped) == (weight, weight, 0)
     assert {t.method_name: (t.paheko, t.forwarded, t.skipped) for t in r.payments} == {
         "Espèces": (1950, 2250, -300), "Chèque": (8000, 8000, 0), "CB": (1500, 1500, 0), "Monnaie locale": (1000, 1000, 0)}
-    # Closing: both drawers counted; the comment quotes Paheko's figures.
-    assert m.closing.actual_cents == 6930 + 3000
+    # Closing: the euro drawer counted; the comment quotes Paheko's figures for both.
+    assert m.closing.actual_cents == 6930
     comment = m.closing.variance_comment
     for figure in ("124,50 €", "5 tickets", "Espèces ouverture 50,00 €, clôture 69,30 €, écart -0,20 €",
                    "Monnaie locale ouverture 20,00 €, clôture 30,00 €, écart 0,00 €", "CB 15,00 €",
-                   "Chèque 80,00 €", "Hors espèces : 95,00 €", "Bob (bénévole)"):
+                   "Chèque 80,00 €", "Hors espèces : 105,00 €", "Bob (bénévole)"):
         assert figure in comment
     # Recyclic expects initial + all forwarded tickets: the comment predicts the variance it will show.
-    assert f"attendu : {_euros(9930 - 7000 - 12750)}" in comment
+    assert f"attendu : {_euros(6930 - 5000 - 12750)}" in comment
 
 
 def _euros(cents):
@@ -129,23 +132,26 @@ def _euros(cents):
     return euros(cents)
 
 
-def test_fixture_session_2_refund_inside_a_ticket_skips_the_whole_ticket(fixture_sessions):
+def test_fixture_session_2_mixed_sale_and_return_forwards_the_sale(fixture_sessions):
     _, s2 = fixture_sessions
     m = map_session(s2, mapping())
-    assert m.closing is None  # v2 does not close by default
-    assert [s.tab_id for s in m.sales] == [6, 7, 8, 10]
-    assert [s.total_cents for s in m.sales] == [4500, 940, 500, 450]
-    assert m.opening.initial_cents == 6930 + 3000
-    # Tab 9: chair 1200 + refund -300, cheque 900: without the refund line the cheque cannot pay the chair.
-    assert parts(m) == [("refunds", 9, 14, None, 1200, 4000), ("refunds", 9, 15, None, -300, 0),
-                        ("refunds", 9, None, 11, 900, 0)]
-    whole = [p for p in m.skipped if p.item_id == 14][0]
-    assert "Ticket 9 écarté en entier" in whole.reason and "9,00 €" in whole.reason
+    assert m.closing is not None  # sessions are closed by default
+    assert m.opening.initial_cents == 6930  # euro cash only
+    sales = {s.tab_id: s for s in m.sales}
+    assert list(sales) == [6, 7, 8, 9, 10]
+    # Tab 9: chair 12,00 € + return -3,00 €, paid 9,00 € by cheque. The chair (and its 4 kg) reach Recyclic,
+    # paid 12,00 € by cheque; the return stays in Paheko with its share of the cheque (-3,00 €).
+    assert items(sales[9]) == [(14, FURNITURE, 1, 4000, 1200, "Chaise")]
+    assert payments(sales[9]) == [("check", 1200, (11,), (1200,))]
+    assert parts(m) == [("refunds", 9, 15, None, -300, 0), ("refunds", 9, None, 11, -300, 0)]
+    line, share = m.skipped
+    assert (line.method, share.method) == (None, "Chèque")
+    assert "« Retour article (remboursement) » (-3,00 €)" in share.reason and "12,00 € sont transmis" in share.reason
     r = m.reconciliation
-    assert (r.items_cents.paheko, r.items_cents.forwarded, r.items_cents.skipped) == (7290, 6390, 900)
-    assert (r.weight_grams.paheko, r.weight_grams.skipped) == (26450, 4000)
-    assert {t.method_name: (t.forwarded, t.skipped) for t in r.payments} == {
-        "Espèces": (1890, 0), "Chèque": (0, 900), "CB": (4500, 0)}
+    assert (r.items_cents.paheko, r.items_cents.forwarded, r.items_cents.skipped) == (7290, 7590, -300)
+    assert (r.weight_grams.paheko, r.weight_grams.forwarded, r.weight_grams.skipped) == (26450, 26450, 0)
+    assert {t.method_name: (t.paheko, t.forwarded, t.skipped) for t in r.payments} == {
+        "Espèces": (1890, 1890, 0), "Chèque": (900, 1200, -300), "CB": (4500, 4500, 0)}
 
 
 def test_default_policies_hold_both_sessions_with_french_reasons(fixture_sessions):
@@ -161,10 +167,10 @@ def test_default_policies_hold_both_sessions_with_french_reasons(fixture_session
             "[sources.lab.mapping.categories].") in reasons
     assert ("Moyen de paiement Paheko « CB » non relié à un code de paiement Recyclic (ticket 2) : ajoutez-le "
             "dans [sources.lab.mapping.methods].") in reasons
-    refunds = [r for r in reasons if r.startswith("Remboursements")]
-    assert len(refunds) == 1 and "ticket 4" in refunds[0] and 'refunds = "skip"' in refunds[0]
-    assert len(reasons) == 2 + 1 + 4 + 4  # location, operator, refunds, 4 categories, 4 methods
-    # With the full mapping, only the refunds hold (default policy).
+    # Refunds are left out by default: only configuration gaps hold.
+    assert not [r for r in reasons if r.startswith("Remboursements")]
+    assert len(reasons) == 2 + 4 + 4  # location, operator, 4 categories, 4 methods
+    # With the full mapping, refunds hold only when an operator asks for it.
     for snapshot, tab in ((s1, "ticket 4 : ligne « Retour article"), (s2, "ticket 9 : ligne « Retour article")):
         (reason,) = held(snapshot, mapping(policies={"refunds": "hold"}))
         assert reason.startswith("Remboursements, que Recyclic ne peut pas recevoir") and tab in reason
@@ -180,9 +186,12 @@ def test_unknown_method_and_category_skip(fixture_sessions):
     sales = {s.tab_id: s for s in m.sales}
     assert items(sales[1]) == [(1, CLOTHES, 3, 600, 900, "T-shirt")]
     assert payments(sales[1]) == [("cash", 900, (1,), (900,))]
-    # Tab 2: CB cannot be forwarded and the cash alone does not pay the lines: the whole tab is skipped.
-    # Tab 5: a book paid by two payments: no honest split, whole tab skipped.
-    assert list(sales) == [1, 3]
+    # Tab 2: CB cannot be forwarded and cannot be re-booked on the cash: the whole tab is skipped.
+    # Tab 5: the book (4,50 €) is left out with the payment of exactly its amount (4,50 € cash).
+    assert list(sales) == [1, 3, 5]
+    assert items(sales[5]) == [(7, APPLIANCES, 1, 1500, 1000, "Grille-pain")]
+    assert payments(sales[5]) == [("monnaie_locale", 1000, (6,), (1000,))]
+    assert {p.payment_id: p.amount_cents for p in m.skipped if p.tab_id == 5 and p.item_id is None} == {7: 450}
     kinds = {(p.tab_id, p.item_id, p.payment_id): p.kind for p in m.skipped}
     assert kinds[(1, 2, None)] == kinds[(1, None, 1)] == "unknown_category"
     assert kinds[(2, None, 2)] == "unknown_method" and kinds[(2, 3, None)] == "unknown_method"
@@ -207,7 +216,7 @@ def test_opening_cash_beyond_recyclic_limit_holds(fixture_sessions):
     s1, _ = fixture_sessions
     rich = replace(s1, balances=[replace(s1.balances[0], open_amount=1_000_001), s1.balances[1]])
     (reason,) = held(rich, mapping())
-    assert reason.startswith("Fond de caisse à l'ouverture (10020,01 €) supérieur au maximum accepté par Recyclic")
+    assert reason.startswith("Fond de caisse à l'ouverture (10000,01 €) supérieur au maximum accepté par Recyclic")
 
 
 def test_operator_default_and_hold(fixture_sessions):
@@ -219,16 +228,17 @@ def test_operator_default_and_hold(fixture_sessions):
 
 def test_legacy_profile_mixed_methods(fixture_sessions):
     s1, _ = fixture_sessions
-    legacy = dict(profile="legacy", methods={"Espèces": "cash", "Monnaie locale": "cash", "CB": "card", "Chèque": "check"})
+    legacy = dict(profile="legacy", methods={"Espèces": "cash", "Monnaie locale": "check", "CB": "card", "Chèque": "check"})
     (reason,) = held(s1, mapping(**legacy))
-    assert "plusieurs moyens" in reason and "ticket 2 : card, cash" in reason and "ticket 5" not in reason
+    assert "plusieurs moyens" in reason and "ticket 2 : card, cash" in reason and "ticket 5 : check, cash" in reason
     m = map_session(s1, mapping(**legacy, policies={"mixed_methods": "skip"}))
     assert m.close_session is True and m.closing is not None  # legacy closes by default
-    assert [s.tab_id for s in m.sales] == [1, 3, 5]
+    assert [s.tab_id for s in m.sales] == [1, 3]
     assert all(len(s.payments) == 1 for s in m.sales)
-    assert parts(m) == [("mixed_methods", 2, 3, None, 1000, 1250), ("mixed_methods", 2, 4, None, 1200, 4000),
-                        ("mixed_methods", 2, None, 2, 1500, 0), ("mixed_methods", 2, None, 3, 700, 0),
-                        ("refunds", 4, 6, None, -300, 0), ("refunds", 4, None, 5, -300, 0)]
+    assert parts(m)[:4] == [("mixed_methods", 2, 3, None, 1000, 1250), ("mixed_methods", 2, 4, None, 1200, 4000),
+                            ("mixed_methods", 2, None, 2, 1500, 0), ("mixed_methods", 2, None, 3, 700, 0)]
+    assert parts(m)[4:6] == [("refunds", 4, 6, None, -300, 0), ("refunds", 4, None, 5, -300, 0)]
+    assert {p.kind for p in parts_of(m, 5)} == {"mixed_methods"}
     assert m.reconciliation.balanced
 
 
@@ -310,12 +320,12 @@ def shop(tmp_path_factory):
 
 def test_debt_and_wallet_hold_then_skip(shop):
     ids, snaps = shop
-    (reason,) = held(snaps["debt"], shop_mapping(ids))
+    (reason,) = held(snaps["debt"], shop_mapping(ids, policies={"debt_wallet": "hold"}))
     assert reason.startswith("Ardoise ou porte-monnaie, sans équivalent dans Recyclic (")
     for fragment in ("paiement Ardoise (3,00 €)", "règlement d'ardoise", "recharge de porte-monnaie",
                      "paiement Porte-monnaie (2,50 €)", 'debt_wallet = "skip"'):
         assert fragment in reason
-    m = map_session(snaps["debt"], shop_mapping(ids, policies={"debt_wallet": "skip"}))
+    m = map_session(snaps["debt"], shop_mapping(ids))  # left out by default
     assert [(s.total_cents, payments(s)[0][:2]) for s in m.sales] == [(100, ("cash", 100))]
     assert {p.kind for p in m.skipped} == {"debt_wallet"}
     assert m.reconciliation.tabs.skipped == 4 and m.reconciliation.balanced
@@ -327,9 +337,9 @@ def test_debt_and_wallet_hold_then_skip(shop):
 
 def test_membership_split_per_kg_deleted_product_and_empty_tab(shop):
     ids, snaps = shop
-    (reason,) = held(snaps["members"], shop_mapping(ids))
+    (reason,) = held(snaps["members"], shop_mapping(ids, policies={"membership": "hold"}))
     assert reason.startswith("Cotisations d'adhésion") and "Adhésion annuelle" in reason
-    m = map_session(snaps["members"], shop_mapping(ids, policies={"membership": "skip"}))
+    m = map_session(snaps["members"], shop_mapping(ids))  # left out by default
     sales = {s.tab_id: s for s in m.sales}
     first, _second, deleted, empty = (t.id for t in snaps["members"].tabs)
     # One cash payment paid the fee and the clothes: it is split, the fee's share recorded as skipped.
@@ -338,8 +348,10 @@ def test_membership_split_per_kg_deleted_product_and_empty_tab(shop):
     assert [(p.amount_cents, p.paheko_amounts_cents) for p in sales[first].payments] == [(1100, (1100,))]
     fee_parts = [p for p in m.skipped if p.tab_id == first]
     assert sorted((p.item_id is None, p.amount_cents) for p in fee_parts) == [(False, 1500), (True, 1500)]
-    # Two payments: which one paid the fee is unknowable, so the whole tab is skipped.
-    assert _second not in sales
+    # Fee 10,00 € + T-shirt 3,00 €, paid 3,00 € cash + 10,00 € card: the card paid exactly the fee.
+    assert items(sales[_second])[0][2:5] == (1, 200, 300)
+    assert [(p.code, p.amount_cents) for p in sales[_second].payments] == [("cash", 300)]
+    assert [(p.method, p.amount_cents) for p in m.skipped if p.tab_id == _second and p.item_id is None] == [("CB", 1000)]
     assert items(sales[deleted]) == [(snaps["members"].tabs[2].items[0].id, BOOKS, 2, 600, 400, "Vieux livre")]
     assert snaps["members"].tabs[2].items[0].product_id is None
     assert [p.kind for p in m.skipped if p.tab_id == empty] == ["empty_tab"]
@@ -423,3 +435,12 @@ def test_json_round_trip(fixture_sessions, shop):
     with pytest.raises(Exception):
         load_mapped(broken)
     assert replace(mapped[0], sales=()) != mapped[0]
+
+
+def test_allocate_shares_in_proportion_to_the_cent():
+    from receiver.mapping.mapper import allocate
+    assert allocate(300, [(1, 900)]) == {1: 300}
+    assert allocate(-450, [(6, 1000), (7, 450)]) == {6: 0, 7: -450}  # exactly one payment's amount
+    shares = allocate(-100, [(1, 1), (2, 1), (3, 1)])
+    assert sum(shares.values()) == -100 and sorted(shares.values()) == [-34, -33, -33]
+    assert allocate(301, [(1, 700), (2, 300)]) == {1: 211, 2: 90}

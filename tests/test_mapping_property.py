@@ -35,6 +35,7 @@ METHODS = {
     1: Method(1, "Espèces", METHOD_CASH, "530", None), 2: Method(2, "Chèque", METHOD_TRACKED, "5112", None),
     3: Method(3, "Ardoise", METHOD_DEBT, "4110", None), 4: Method(4, "CB", METHOD_TRACKED, "5115", None),
     5: Method(5, "Porte-monnaie", METHOD_WALLET, "4190", None), 6: Method(6, "Bon d'achat", METHOD_TRACKED, None, None),
+    7: Method(7, "Monnaie locale", METHOD_CASH, "5300", None),
 }
 CATEGORY_NAMES = ("Vêtements", "Livres", "Adhésion", "Mystère")
 
@@ -104,9 +105,73 @@ def mappings(draw):
         "locations": {"Boutique": {"site": uid(3)}},
         **({"no_location": {"site": uid(4)}} if draw(st.booleans()) else {}),
         "categories": {"Vêtements": uid(10), "Livres": uid(11), "Adhésion": "membership"},
-        "methods": {"Espèces": "cash", "Chèque": "check", "CB": "card", "Ardoise": "cash"},
+        "methods": {"Espèces": "cash", "Chèque": "check", "CB": "card", "Ardoise": "cash",
+                    **({} if profile == "legacy" else {"Monnaie locale": "mlc"})},
         "policies": policies,
     })
+
+
+def independent_totals(snapshot, mapped):
+    """Paheko's and the mapped session's figures, recomputed here from the raw parts (not by reconcile())."""
+    paheko_methods, out_methods = {}, {}
+    for payment in snapshot.payments():
+        paheko_methods[payment.method_id] = paheko_methods.get(payment.method_id, 0) + payment.amount
+    forwarded = {}
+    for sale in mapped.sales:
+        for pay in sale.payments:
+            for pid, amount in zip(pay.paheko_payment_ids, pay.paheko_amounts_cents, strict=True):
+                method = next(p.method_id for p in snapshot.payments() if p.id == pid)
+                forwarded[method] = forwarded.get(method, 0) + amount
+    for part in mapped.skipped:
+        if part.payment_id is not None:
+            method = next(p.method_id for p in snapshot.payments() if p.id == part.payment_id)
+            out_methods[method] = out_methods.get(method, 0) + part.amount_cents
+            assert part.method == METHODS[method].name
+    items = list(snapshot.items())
+    return {
+        "cents": (sum(i.total for i in items), sum(i.total_cents for s in mapped.sales for i in s.items),
+                  sum(p.amount_cents for p in mapped.skipped if p.item_id is not None)),
+        "grams": (sum(i.qty * (i.weight or 0) for i in items), sum(i.weight_grams for s in mapped.sales for i in s.items),
+                  sum(p.weight_grams for p in mapped.skipped if p.item_id is not None)),
+        **{f"method {m}": (paheko_methods.get(m, 0), forwarded.get(m, 0), out_methods.get(m, 0))
+           for m in set(paheko_methods) | set(forwarded) | set(out_methods)},
+    }
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sessions())
+def test_defaults_forward_every_sale_line_and_balance_per_method(snapshot):
+    """The default policies on a fully mapped source: nothing Recyclic cannot represent holds a session;
+    Paheko = forwarded + left out (independently recomputed) per method to the cent, in total to the gram;
+    and every sold line of a tab whose positive payments can all be forwarded reaches Recyclic."""
+    mapping = MappingSchema().load({
+        "operators": {"Alice": uid(1)}, "default_operator": uid(2),
+        "locations": {"Boutique": {"site": uid(3)}, "Grenier": {"site": uid(3)}}, "no_location": {"site": uid(4)},
+        "categories": {"Vêtements": uid(10), "Livres": uid(11), "Mystère": uid(12), "Adhésion": "membership"},
+        "methods": {"Espèces": "cash", "Chèque": "check", "CB": "card", "Bon d'achat": "transfer",
+                    "Monnaie locale": "mlc"},
+    })
+    paheko_balanced = all(sum(i.total for i in t.items) == sum(p.amount for p in t.payments) for t in snapshot.tabs)
+    try:
+        mapped = map_session(snapshot, mapping)
+    except MappingHeld as held:
+        assert not paheko_balanced, held.reasons  # only Paheko's own inconsistencies hold
+        return
+    for name, (paheko, forwarded, left_out) in independent_totals(snapshot, mapped).items():
+        assert paheko == forwarded + left_out, name
+    forwarded_lines = {i.paheko_item_id for s in mapped.sales for i in s.items}
+    for tab in snapshot.tabs:
+        sold = [i for i in tab.items if i.type == 0 and i.qty > 0 and i.total >= 0 and i.id_fee is None
+                and i.category_name != "Adhésion"]
+        unforwardable_pay = any(p.amount > 0 and p.type in (METHOD_DEBT, METHOD_WALLET) for p in tab.payments)
+        forwardable_paid = sum(p.amount for p in tab.payments if p.amount > 0 and p.type not in (METHOD_DEBT, METHOD_WALLET))
+        if not sold or unforwardable_pay:
+            continue
+        covered = forwardable_paid > 0 or sum(i.total for i in sold) == 0
+        if covered:
+            assert {i.id for i in sold} <= forwarded_lines, (tab, mapped.skipped)
+        for sale in mapped.sales:
+            assert all(p.amount_cents > 0 for p in sale.payments)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

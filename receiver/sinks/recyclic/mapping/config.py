@@ -8,6 +8,7 @@ admin). Names on the Paheko side are matched exactly as Paheko stores them. See 
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from dataclasses import dataclass, field
 from typing import Literal
@@ -25,6 +26,40 @@ LEGACY_CODES: tuple[str, ...] = ("cash", "card", "check")
 CODE = re.compile(r"^[A-Za-z0-9_-]{1,50}$")
 
 
+#: Paheko's euro cash account. A cash-type method booked elsewhere (5300, 531…) holds another currency.
+EURO_CASH_ACCOUNT = "530"
+#: Words (accents and case ignored) by which a method's name says it is not euros: local currencies.
+LOCAL_CURRENCY_WORDS = (
+    "monnaie locale", "monnaie complementaire", "monnaie citoyenne", "local", "mlc", "gonette", "eusko",
+    "sol violette", "stuck", "leman", "cigale", "doume", "florain", "abeille", "radis", "galleco", "sonante",
+    "pive", "pesa", "tinda", "touselle", "soudicy", "bou'sol", "roue", "lou pelou", "kwa",
+)
+
+
+def fold(text: str) -> str:
+    """Lower case without accents, for comparing names (« Électroménager » → « electromenager »)."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def local_currency_name(name: str) -> bool:
+    """True when a method's name says it is a local currency (« Monnaie locale », « Gonette »…)."""
+    text = " ".join(re.findall(r"[a-z0-9']+", fold(name)))
+    return any(re.search(rf"(^| ){re.escape(w)}( |$)", text) for w in LOCAL_CURRENCY_WORDS)
+
+
+def non_euro_cash(name: str, kind: int | None, account: str | None) -> str | None:
+    """Why a Paheko method may not be euro cash, or None: its name says local currency, or it is a cash-type
+    method on another account than 530. Recyclic's ``cash`` is euros: ``mapping suggest`` never drafts such a
+    method as ``cash`` (its float would be added to the euros, its takings merged with them)."""
+    if local_currency_name(name):
+        return f"son nom (« {name} ») désigne une monnaie locale"
+    if kind == 1 and account and account.strip() != EURO_CASH_ACCOUNT:
+        return (f"c'est une caisse d'espèces sur le compte {account.strip()}, pas sur le compte "
+                f"{EURO_CASH_ACCOUNT} des euros (monnaie locale ?)")
+    return None
+
+
 @dataclass(frozen=True)
 class Place:
     """Where a Paheko location's sessions are opened in Recyclic."""
@@ -33,13 +68,23 @@ class Place:
     register_id: str | None = None
 
 
+#: What Recyclic cannot represent at all: left out and recorded by default (``skip``).
+UNREPRESENTABLE: tuple[str, ...] = ("refunds", "debt_wallet", "membership")
+
+
 @dataclass(frozen=True)
 class Policies:
-    """``hold`` (the session waits for a person) or ``skip`` (the part is left out and recorded) per case."""
+    """``hold`` (the session waits for a person) or ``skip`` (the part is left out and recorded) per case.
 
-    refunds: Policy = "hold"  # refund lines (negative qty or total) and negative payments
-    debt_wallet: Policy = "hold"  # Ardoise / Porte-monnaie payments, debt payoff and wallet top-up lines
-    membership: Policy = "hold"  # lines with id_fee / id_subscription, or in a category mapped to "membership"
+    What Recyclic cannot represent (refunds, Ardoise / porte-monnaie, membership fees) is left out by
+    default, with a record of its amount, weight, method and reason; the rest of the tab is forwarded.
+    Configuration gaps (an unmapped location, operator, category or method) hold by default: a person
+    must map the name, or decide to leave such parts out. ``mixed_methods`` (legacy profile only) holds
+    too: choosing which one method represents a ticket is a person's decision."""
+
+    refunds: Policy = "skip"  # refund lines (negative qty or total) and negative payments
+    debt_wallet: Policy = "skip"  # Ardoise / Porte-monnaie payments, debt payoff and wallet top-up lines
+    membership: Policy = "skip"  # lines with id_fee / id_subscription, or in a category mapped to "membership"
     unknown_category: Policy = "hold"
     unknown_method: Policy = "hold"
     unknown_location: Policy = "hold"  # skip: the whole session is left out
@@ -51,12 +96,15 @@ class Policies:
 class Mapping:
     """A source's mapping; the empty default maps nothing. ``profile`` is the Recyclic line, configured in the
     sink table (:func:`receiver.sinks.recyclic.config.prepare_source` copies it here; the mapping table
-    still accepts it, as before). ``close_session`` defaults to True for the legacy
-    profile (Recyclic 1.3 refuses a second open session per operator or register) and False for v2 (a v2
-    close needs a PIN and a Paheko close mapping, and queues an accounting entry Paheko already booked)."""
+    still accepts it, as before). ``close_session`` defaults to True: a session left open in Recyclic
+    blocks its register and operator for any live opening, and only the close carries the cash count and
+    its variance. A v2 close needs the machine user's PIN and a Paheko close mapping for the site in
+    Recyclic, and queues an item in Recyclic's Paheko outbox that the sink rejects at once (Paheko's caisse
+    already booked the session). ``allow_live`` lets a mapping name a register or operator that ``mapping
+    check`` finds in live use (not advised: an open replayed session locks that till)."""
 
     profile: Profile = "v2"
-    close_session: bool = False
+    close_session: bool = True
     locations: dict[str, Place] = field(default_factory=dict)
     no_location: Place | None = None
     operators: dict[str, str] = field(default_factory=dict)
@@ -64,6 +112,7 @@ class Mapping:
     categories: dict[str, str] = field(default_factory=dict)  # Paheko name -> Recyclic uuid or MEMBERSHIP
     methods: dict[str, str] = field(default_factory=dict)  # Paheko name -> Recyclic payment code (lower case)
     policies: Policies = field(default_factory=Policies)
+    allow_live: bool = False
 
 
 def _uuid_text(value: str) -> str:
@@ -97,8 +146,8 @@ def _name() -> fields.String:
     return fields.String(validate=validate.Length(min=1))
 
 
-def _policy() -> fields.String:
-    return fields.String(load_default="hold", validate=validate.OneOf(POLICIES))
+def _policy(default: str = "hold") -> fields.String:
+    return fields.String(load_default=default, validate=validate.OneOf(POLICIES))
 
 
 class PlaceSchema(_Strict):
@@ -111,9 +160,9 @@ class PlaceSchema(_Strict):
 
 
 class PoliciesSchema(_Strict):
-    refunds = _policy()
-    debt_wallet = _policy()
-    membership = _policy()
+    refunds = _policy("skip")
+    debt_wallet = _policy("skip")
+    membership = _policy("skip")
     unknown_category = _policy()
     unknown_method = _policy()
     unknown_location = _policy()
@@ -127,7 +176,8 @@ class PoliciesSchema(_Strict):
 
 class MappingSchema(_Strict):
     profile = fields.String(load_default="v2", validate=validate.OneOf(PROFILES))
-    close_session = fields.Boolean(load_default=None)
+    close_session = fields.Boolean(load_default=True)
+    allow_live = fields.Boolean(load_default=False)
     locations = fields.Dict(keys=_name(), values=fields.Nested(PlaceSchema), load_default=dict)
     no_location = fields.Nested(PlaceSchema, load_default=None)
     operators = fields.Dict(keys=_name(), values=UUIDText(), load_default=dict)
@@ -154,7 +204,5 @@ class MappingSchema(_Strict):
 
     @post_load
     def make(self, data, **kwargs) -> Mapping:
-        if data["close_session"] is None:
-            data["close_session"] = data["profile"] == "legacy"
         data["methods"] = {name: code.lower() for name, code in data["methods"].items()}
         return Mapping(**data)

@@ -5,11 +5,13 @@ Rules (the policies are in :mod:`receiver.mapping.config`):
 * One Paheko tab is one sale. A line or payment Recyclic cannot take (refund, Ardoise / porte-monnaie,
   membership fee, unmapped category or method) follows its policy: ``hold`` stops the whole session with
   a French reason (every reason is listed at once); ``skip`` leaves it out with a :class:`SkippedPart`.
-* A forwarded sale always balances (Σ lines = Σ payments, no negative line or payment, total ≥ 0). After
-  removing skipped parts, a tab is forwarded when what is left still balances; or when it has exactly one
-  payment left, no payment was skipped and that payment exceeds the kept lines by exactly the skipped
-  lines (the payment is then split: its surplus is recorded as skipped, line by line). Otherwise the
-  whole tab is skipped — payments are never re-allocated between methods by guesswork.
+* A forwarded sale always balances (Σ lines = Σ payments, no negative line or payment, total ≥ 0). The
+  lines Recyclic can take are forwarded; a left-out line settled inside the tab's payments (a return netted
+  against a sale, a membership fee paid with the goods) leaves its share of those payments in Paheko with
+  it — split over the tab's forwarded payments in proportion, to the cent — so Paheko = forwarded + left
+  out per method. A payment left out with a positive amount (Ardoise, porte-monnaie, unmapped method)
+  is never re-booked on another method: its tab is forwarded only when what is left still balances,
+  otherwise the whole tab is left out, with the reason.
 * An unmapped location, or operator without ``default_operator``, under ``skip`` skips the whole session.
 * The result carries a :class:`Reconciliation`, recomputed from the output: forwarded + skipped equals
   Paheko's figures to the cent and the gram, or :class:`ReconciliationError` is raised (a bug).
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 
 from receiver.outcomes import MustAct
 from receiver.sinks.recyclic.profiles import idempotency_key, parse_sale_note, sale_note  # noqa: F401
-from receiver.sinks.recyclic.mapping.config import MEMBERSHIP, Mapping, Place
+from receiver.sinks.recyclic.mapping.config import MEMBERSHIP, Mapping, Place, local_currency_name
 from receiver.sinks.recyclic.mapping.model import (
     MappedClosing,
     MappedItem,
@@ -188,18 +190,21 @@ class _Run:
 
         kept_total = sum(item.total for item in kept_items)
         kept_paid = sum(payment.amount for payment in kept_pays)
-        split = (
-            kept_paid > kept_total > 0 and len(kept_pays) == 1
-            and not any(payment.amount for payment, _ in out_pays)
-        )
+        # Left-out lines (a return, a membership fee…) were settled inside the same payments as the goods:
+        # their share of those payments stays in Paheko with them, so the goods can still be forwarded.
+        # A positive payment left out (Ardoise, porte-monnaie, unmapped method) is another matter: goods it
+        # paid cannot be re-booked on another method, so such a tab is only forwarded when it still balances.
+        absorb = kept_total != kept_paid and kept_paid > 0 and not any(p.amount > 0 for p, _ in out_pays)
         codes = list(dict.fromkeys(self.mapping.methods[self.method_name(p)] for p in kept_pays))
         whole: tuple[str, str] | None = None
         if not kept_items:
             whole = (self.first_kind(out_items, out_pays), "aucune de ses lignes n'est transmissible")
-        elif kept_total != kept_paid and not split:
+        elif kept_total != kept_paid and not absorb:
+            why = ("aucun paiement transmissible ne règle ses lignes" if kept_paid == 0 else
+                   "une partie de ses lignes est réglée par un paiement écarté, qui ne peut pas être reporté "
+                   "sur un autre moyen")
             whole = (self.first_kind(out_items, out_pays),
-                     f"sans les parties écartées, ses paiements ({euros(kept_paid)}) ne couvrent plus exactement "
-                     f"ses lignes ({euros(kept_total)})")
+                     f"{why} (paiements transmissibles {euros(kept_paid)}, lignes transmissibles {euros(kept_total)})")
         elif self.mapping.profile == "legacy" and len(codes) > 1:
             label = f"{', '.join(codes)}"
             if self.policy("mixed_methods") == "hold":
@@ -223,13 +228,18 @@ class _Run:
             return
 
         forwarded = {payment.id: payment.amount for payment in kept_pays}
-        if split:
-            (payment,) = kept_pays
-            forwarded[payment.id] = kept_total
-            for item, part in out_items:
-                self.skip(tab, part.kind, None, payment.id, item.total, 0,
-                          f"Part du paiement {self.method_name(payment)} qui réglait la ligne écartée "
-                          f"« {item.name} » ({euros(item.total)}).")
+        if absorb:
+            kind = self.first_kind(out_items, out_pays)
+            lines = ", ".join(f"« {item.name} » ({euros(item.total)})" for item, _ in out_items) or "aucune"
+            shares = allocate(kept_total - kept_paid, [(p.id, p.amount) for p in kept_pays])
+            for payment in kept_pays:
+                forwarded[payment.id] = payment.amount + shares[payment.id]
+                left = -shares[payment.id]
+                if left:
+                    self.skip(tab, kind, None, payment.id, left, 0,
+                              f"Part du paiement {self.method_name(payment)} ({euros(payment.amount)}) qui revient aux "
+                              f"lignes écartées du ticket {tab.id} ({lines}) : {euros(left)} restent dans Paheko, "
+                              f"{euros(forwarded[payment.id])} sont transmis avec les autres lignes.")
         self.sales.append(MappedSale(
             tab_id=tab.id,
             idempotency_key=idempotency_key(s.source, s.session_id, tab.id),
@@ -239,7 +249,7 @@ class _Run:
                            item.qty * (item.weight or 0), item.total, item.name)
                 for item in kept_items),
             total_cents=kept_total,
-            payments=self.payments(kept_pays, forwarded, kept_total),
+            payments=self.payments([p for p in kept_pays if forwarded[p.id]], forwarded, kept_total),
         ))
 
     def payments(self, kept: list[Payment], forwarded: dict[int, int], total: int) -> tuple[MappedPayment, ...]:
@@ -262,7 +272,10 @@ class _Run:
         self.skip(tab, kind, item.id, None, item.total, item.qty * (item.weight or 0), reason)
 
     def skip(self, tab: Tab, kind: str, item_id, payment_id, cents: int, grams: int, reason: str) -> None:
-        self.skipped.append(SkippedPart(kind, tab.id, item_id, payment_id, cents, grams, reason))
+        method = None
+        if payment_id is not None:
+            method = self.method_name(next(p for p in tab.payments if p.id == payment_id))
+        self.skipped.append(SkippedPart(kind, tab.id, item_id, payment_id, cents, grams, reason, method))
 
     # -- hold reasons --
 
@@ -291,6 +304,23 @@ class _Run:
         return out
 
 
+def allocate(total: int, weights: list[tuple[int, int]]) -> dict[int, int]:
+    """Split ``total`` cents over ``weights`` ((key, positive amount) pairs) in proportion, to the cent:
+    largest remainders first, ties to the earlier key; the shares add up to ``total`` exactly. When
+    ``total`` takes away exactly the amount of one payment, that payment alone gives it."""
+    exact = [key for key, amount in weights if amount == -total]
+    if exact:  # a payment of exactly the left-out amount paid it (a fee by card, the goods in cash)
+        return {key: (total if key == exact[0] else 0) for key, _ in weights}
+    whole = sum(amount for _, amount in weights)
+    sign, size = (1 if total >= 0 else -1), abs(total)
+    shares = {key: size * amount // whole for key, amount in weights}
+    rest = size - sum(shares.values())
+    order = sorted(weights, key=lambda kw: (-(size * kw[1] % whole), weights.index(kw)))
+    for key, _ in order[:rest]:
+        shares[key] += 1
+    return {key: sign * share for key, share in shares.items()}
+
+
 def _tickets(tab_ids: list[int]) -> str:
     ids = list(dict.fromkeys(tab_ids))
     return ("ticket " if len(ids) == 1 else "tickets ") + ", ".join(str(i) for i in ids)
@@ -308,6 +338,7 @@ def map_session(snapshot: SessionSnapshot, mapping: Mapping) -> MappedSession:
     else:
         for tab in snapshot.tabs:
             run.tab(tab)
+    _local_currency_as_cash(run)
     opening = closing = None
     if place is not None and operator is not None and session_skip is None:
         opening, closing = _open_close(run, place, operator)
@@ -361,10 +392,35 @@ def _skip_tab(run: _Run, tab: Tab, kind: str, reason: str) -> None:
         run.skip(tab, kind, None, payment.id, payment.amount, 0, reason)
 
 
+def _euro_cash(run: _Run, balance) -> bool:
+    """A drawer Recyclic's cash session stands for: the single drawer of old caisse versions, or a method
+    mapped to ``cash`` that holds euros (a local currency's drawer never adds to Recyclic's float)."""
+    if balance.method_id is None:
+        return True
+    if run.mapping.methods.get(balance.method_name or "") != "cash":
+        return False
+    return not local_currency_name(balance.method_name or "")
+
+
+def _local_currency_as_cash(run: _Run) -> None:
+    """Hold when a method used in the session is mapped to euro ``cash`` but its name says local currency
+    (a cash method on another account than 530 is only a doubt: ``mapping check`` warns, the mapping decides)."""
+    s, src = run.snapshot, run.snapshot.source
+    for method_id in sorted({p.method_id for p in s.payments()}):
+        method = s.methods.get(method_id)
+        if method is None or run.mapping.methods.get(method.name) != "cash":
+            continue
+        if local_currency_name(method.name):
+            run.other_reasons.append(
+                f"Moyen de paiement Paheko « {method.name} » relié à cash (les espèces en euros de Recyclic) alors "
+                "que son nom désigne une monnaie locale : ses encaissements seraient comptés comme des euros. Reliez-le dans "
+                f"[sources.{src}.mapping.methods] à un moyen de paiement Recyclic propre à cette monnaie (à créer "
+                "dans Recyclic par un super-admin), ou retirez la ligne pour décider avec la politique unknown_method.")
+
+
 def _open_close(run: _Run, place: Place, operator: str) -> tuple[MappedOpening, MappedClosing]:
-    s, m = run.snapshot, run.mapping
-    cash = [b for b in s.balances if b.method_id is None
-            or m.methods.get(b.method_name or "") == "cash"]
+    s = run.snapshot
+    cash = [b for b in s.balances if _euro_cash(run, b)]
     initial = sum(b.open_amount for b in cash)
     actual = sum(b.close_amount if b.close_amount is not None else b.expected_close for b in cash)
     if initial > MAX_INITIAL_CENTS:

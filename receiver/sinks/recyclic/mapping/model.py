@@ -72,7 +72,8 @@ class MappedClosing:
 @dataclass(frozen=True)
 class SkippedPart:
     """One Paheko line (``item_id``) or payment (``payment_id``), or the part of a payment, left out under a
-    ``skip`` policy. ``kind`` names the case (a policy name, or ``empty_tab``); ``reason`` is French."""
+    ``skip`` policy. ``kind`` names the case (a policy name, or ``empty_tab``); ``reason`` is French;
+    ``method`` is the Paheko payment method's name for a payment (None for a line)."""
 
     kind: str
     tab_id: int | None
@@ -81,6 +82,7 @@ class SkippedPart:
     amount_cents: int
     weight_grams: int
     reason: str
+    method: str | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,7 @@ class SkippedPartSchema(ModelSchema):
     amount_cents = _int()
     weight_grams = _int()
     reason = _text()
+    method = fields.String(load_default=None, allow_none=True)
 
 
 class TallySchema(ModelSchema):
