@@ -125,8 +125,10 @@ def test_suggest_paheko_side(paheko_config):
     document = tomllib.loads(text)  # valid TOML as printed
     m = document["sources"]["lab"]["mapping"]
     assert m["categories"] == {"Vêtements": CLOTHES, "Adhésion": "membership"}  # kept; membership by name
-    assert m["methods"] == {"Espèces": "cash", "Chèque": "check", "CB": "card", "Monnaie locale": "cash"}
-    assert m["policies"]["refunds"] == "hold" and "profile" not in m
+    # "Monnaie locale" (cash-type, account 5300) is not euro cash: never drafted as cash.
+    assert m["methods"] == {"Espèces": "cash", "Chèque": "check", "CB": "card"}
+    assert '# "Monnaie locale": not euro cash' in text
+    assert m["policies"]["refunds"] == "skip" and "profile" not in m and m["close_session"] is True
     assert 'profile = "v2" in [sources.lab.sink]' in text  # the Recyclic line is the sink's setting
     assert '# "Boutique principale" = { site = "SITE-UUID"' in text
     assert '# "Alice (bénévole)" = "USER-UUID"' in text and '# "Livres" = "CATEGORY-UUID"' in text
@@ -162,8 +164,10 @@ def test_suggest_matches_recyclic_names(tmp_path):
         payment_codes=("cash", "card", "check", "transfer"),
     )
     text = render_suggestion("lab", names, Mapping(), recyclic)
-    assert '"Boutique" = { site = "s1", register = "r1" }' in text
-    assert '"Vetements adultes" = "c1"  # "Vêtements adulte"' in text
+    # Two sites, none named exactly "Boutique": nothing active, both offered.
+    assert '# "Boutique": several Recyclic sites; choose one: "La Boutique" = "s1", "Entrepôt" = "s2"' in text
+    assert '# "Boutique" = { site = "SITE-UUID" }' in text
+    assert '"Vetements adultes" = "c1"  # same name as "Vêtements adulte"' in text
     assert '# "Bibelots" = "CATEGORY-UUID"' in text
     assert unmapped(names, Mapping()) == [
         "location 'Boutique': no Recyclic site in [locations]",

@@ -73,6 +73,10 @@ ENVELOPE_POLICY_KEYS = ("policy_reason_code", "policy_version", "cash_session_id
                         "blocking_outbox_item_id", "mapping_resolution_code")
 
 
+def _close_mapping_id(key: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"close-mapping:{key}"))
+
+
 def create_recyclic_app(profile: Profile = "v2", *, prefix: str = "/v1", users: Iterable[User] | None = None,
                         clock: Clock | None = None, token_lifetime: timedelta = timedelta(hours=8),
                         paheko_close_mappings: Iterable[str] | None = None) -> Flask:
@@ -130,6 +134,7 @@ def create_recyclic_app(profile: Profile = "v2", *, prefix: str = "/v1", users: 
         return user
 
     api = Blueprint("recyclic", __name__, url_prefix=prefix or None)
+    site_ids = {site.id for site in store.sites}
 
     @api.before_request
     def refuse_stale_context() -> None:
@@ -159,6 +164,12 @@ def create_recyclic_app(profile: Profile = "v2", *, prefix: str = "/v1", users: 
         user = caller(cash=False)
         store.set_pin(user, load("pin", raw)["pin"])
         return jsonify({"message": "PIN mis à jour"})
+
+    @api.get("/users/")
+    def users():
+        if caller(cash=False).role not in CASH_ROLES:  # v2: require_admin_role
+            raise ApiError(403, "FORBIDDEN", "Permissions insuffisantes")
+        return jsonify([user.to_json() for user in store.users.values()])
 
     @api.get("/categories/")
     def categories():
@@ -235,6 +246,18 @@ def create_recyclic_app(profile: Profile = "v2", *, prefix: str = "/v1", users: 
         return jsonify(store.sale_json(store.sale(str(sale_id))))
 
     if profile == "v2":
+        @api.get("/admin/paheko-mappings/cash-session-close")
+        def close_mappings():
+            caller()
+            site = request.args.get("site_id")
+            register_site = {r.id: r.site_id for r in store.registers}
+            rows = [{"id": _close_mapping_id(key), "site_id": key if key in site_ids else register_site.get(key),
+                     "register_id": None if key in site_ids else key, "enabled": True,
+                     "destination_params": {"id_year": 1, "debit": "530", "credit": "707"}}
+                    for key in sorted(store.paheko_close_mappings)]
+            rows = [r for r in rows if site is None or r["site_id"] == site]
+            return jsonify({"data": rows, "total": len(rows), "skip": 0, "limit": 50})
+
         @api.get("/admin/paheko-outbox/items")
         def outbox_items():
             caller()

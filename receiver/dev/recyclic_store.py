@@ -132,10 +132,11 @@ class Register:
     name: str
     site_id: str
     location: str
+    enable_deferred: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "site_id": self.site_id, "location": self.location,
-                "is_active": True}
+                "is_active": True, "enable_deferred": self.enable_deferred}
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,7 @@ LIVE_REGISTER = Register(_stable_id("register", "live"), "Caisse 1", MAIN_SITE.i
 #: An idle register of the same site.
 MAIN_REGISTER = Register(_stable_id("register", "main"), "Caisse 2", MAIN_SITE.id, "Boutique")
 REPLAY_REGISTER = Register(_stable_id("register", "replay"), "Caisse saisie différée", MAIN_SITE.id,
-                           "Reprises Paheko")
+                           "Reprises Paheko", enable_deferred=True)
 ANNEXE_REGISTER = Register(_stable_id("register", "annexe"), "Caisse Croix-Rousse", SECOND_SITE.id, "Boutique")
 SITES = (MAIN_SITE, SECOND_SITE)
 REGISTERS = (LIVE_REGISTER, MAIN_REGISTER, REPLAY_REGISTER, ANNEXE_REGISTER)

@@ -118,6 +118,14 @@ class Register:
     id: str
     name: str
     site_id: str | None
+    enable_deferred: bool = False  # v2: the register is kept for deferred entry ("saisie différée")
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    username: str
+    role: str | None
 
 
 @dataclass(frozen=True)
@@ -156,6 +164,18 @@ class _RegisterSchema(_Reference):
     id = fields.String(required=True)
     name = fields.String(required=True)
     site_id = fields.String(load_default=None, allow_none=True)
+    enable_deferred = fields.Boolean(load_default=False, allow_none=True)
+
+    @post_load
+    def make(self, data, **kwargs):
+        return Register(**{**data, "enable_deferred": bool(data["enable_deferred"])})
+
+
+class _UserSchema(_Reference):
+    model = User
+    id = fields.String(required=True)
+    username = fields.String(required=True)
+    role = fields.String(load_default=None, allow_none=True)
 
 
 class _PaymentMethodSchema(_Reference):
@@ -258,6 +278,32 @@ class RecyclicClient:
 
     def registers(self) -> list[Register]:
         return _RegisterSchema(many=True).load(self.get("cash-registers/"))
+
+    def users(self) -> list[User]:
+        """Recyclic's users (admin route; up to 1000)."""
+        return _UserSchema(many=True).load(self.get("users/?limit=1000"))
+
+    def open_session_of_register(self, register_id: str) -> str | None:
+        """The open session on a register, if any (v2 ``cash-sessions/status/{id}`` shows empty ones too)."""
+        data = self.get(f"cash-sessions/status/{register_id}")
+        return str(data["session_id"]) if isinstance(data, dict) and data.get("is_active") else None
+
+    def open_sessions_of_operator(self, operator_id: str) -> list[dict[str, Any]]:
+        """Open sessions of an operator. The list hides empty sessions unless ``include_empty=true`` and has
+        no register filter (observed on v2): callers filter by ``register_id`` themselves."""
+        out: list[dict[str, Any]] = []
+        while True:
+            page = self.get(f"cash-sessions/?status=open&include_empty=true&operator_id={operator_id}"
+                            f"&limit=100&skip={len(out)}")
+            data = page.get("data", []) if isinstance(page, dict) else []
+            out += [s for s in data if isinstance(s, dict)]
+            if len(data) < 100:
+                return out
+
+    def close_mappings(self, site_id: str) -> list[dict[str, Any]]:
+        """Recyclic's Paheko close mappings of a site (v2; admin route): a v2 close needs one enabled."""
+        page = self.get(f"admin/paheko-mappings/cash-session-close?site_id={site_id}&limit=200")
+        return [m for m in (page.get("data", []) if isinstance(page, dict) else []) if isinstance(m, dict)]
 
     def payment_methods(self) -> list[PaymentMethod]:
         """v2's options; Recyclic 1.3 has no such route (404) and only knows cash, card and check."""

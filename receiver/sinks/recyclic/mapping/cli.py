@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from receiver.config import Secret, Source
-from receiver.sinks.recyclic.client import RecyclicClient, RecyclicError
+from receiver.sinks.recyclic.client import RecyclicClient, RecyclicError, RecyclicRefused
 from receiver.sinks.recyclic.config import RecyclicSinkConfig
 from receiver.sinks.recyclic.mapping.suggest import RecyclicNames, read_paheko_names, render_suggestion, unmapped
 from receiver.reread.client import PahekoClient, PahekoError
@@ -53,14 +53,31 @@ def _recyclic_names(url: str, user: str, password: str) -> RecyclicNames:
     config = RecyclicSinkConfig(url=url.rstrip("/"), username=user, password=Secret(password))
     try:
         with RecyclicClient(config) as client:
+            categories = [c for c in client.categories() if c.is_active]
+            registers = client.registers()
+            methods = client.payment_methods()
             return RecyclicNames(
-                categories=tuple((c.id, c.name) for c in client.categories() if c.is_active),
+                categories=tuple((c.id, c.name) for c in categories),
                 sites=tuple((s.id, s.name) for s in client.sites()),
-                registers=tuple((r.id, r.name, r.site_id) for r in client.registers()),
-                payment_codes=tuple(m.code.lower() for m in client.payment_methods()),
+                registers=tuple((r.id, r.name, r.site_id) for r in registers),
+                payment_codes=tuple(m.code.lower() for m in methods),
+                parents={c.id: c.parent_id for c in categories},
+                deferred=frozenset(r.id for r in registers if r.enable_deferred),
+                labels={m.code.lower(): m.label for m in methods},
+                users=tuple((u.id, u.username, u.role or "") for u in _users(client)),
+                machine_user=user,
             )
     except RecyclicError as exc:
         raise click.ClickException(f"cannot read Recyclic's reference data: {exc}") from None
+
+
+def _users(client: RecyclicClient):
+    try:
+        return client.users()
+    except RecyclicRefused as exc:  # Recyclic 1.3 or a narrower role: no user listing, no proposal
+        if exc.status in (404, 405):
+            return []
+        raise
 
 
 @mapping_group.command("check")

@@ -53,10 +53,10 @@ def non_euro_cash(name: str, kind: int | None, account: str | None) -> str | Non
     method on another account than 530. Recyclic's ``cash`` is euros: ``mapping suggest`` never drafts such a
     method as ``cash`` (its float would be added to the euros, its takings merged with them)."""
     if local_currency_name(name):
-        return f"son nom (« {name} ») désigne une monnaie locale"
+        return "its name says local currency"
     if kind == 1 and account and account.strip() != EURO_CASH_ACCOUNT:
-        return (f"c'est une caisse d'espèces sur le compte {account.strip()}, pas sur le compte "
-                f"{EURO_CASH_ACCOUNT} des euros (monnaie locale ?)")
+        return (f"a cash drawer on account {account.strip()}, not {EURO_CASH_ACCOUNT} (euro cash): a local "
+                "currency? If it holds euros, map it to cash yourself")
     return None
 
 
