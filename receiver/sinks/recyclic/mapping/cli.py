@@ -7,8 +7,12 @@ import click
 from receiver.config import Secret, Source
 from receiver.sinks.recyclic.client import RecyclicClient, RecyclicError, RecyclicRefused
 from receiver.sinks.recyclic.config import RecyclicSinkConfig
-from receiver.sinks.recyclic.mapping.suggest import RecyclicNames, read_paheko_names, render_suggestion, unmapped
-from receiver.reread.client import PahekoClient, PahekoError
+from receiver.sinks.recyclic.mapping.check import (
+    Finding, SessionRun, dry_run as render_dry_run, paheko_findings, recyclic_findings, replay, totals_lines,
+)
+from receiver.sinks.recyclic.mapping.suggest import RecyclicNames, read_paheko_names, render_suggestion
+from receiver.reread.client import PahekoClient, PahekoError, sql_int
+from receiver.reread.snapshot import SessionUnavailable, read_session
 
 
 @click.group("mapping")
@@ -39,13 +43,18 @@ def _paheko_names(source: Source):
 @click.option("--recyclic-user", help="A Recyclic admin user, to read categories, sites and registers.")
 @click.option("--recyclic-password", envvar="RECYCLIC_PASSWORD", help="Its password (or $RECYCLIC_PASSWORD).")
 def suggest(name: str, recyclic_url: str | None, recyclic_user: str | None, recyclic_password: str | None) -> None:
-    """Print a [sources.NAME.mapping] section to review: current entries kept, the rest pre-filled."""
+    """Print a [sources.NAME.mapping] section to review: current entries kept, exact matches filled in, the
+    rest commented with Recyclic's closest candidates. Recyclic is read with the --recyclic-* options, or
+    else with the source's Recyclic [sink]."""
     source = _source(name)
     recyclic = None
     if recyclic_url or recyclic_user or recyclic_password:
         if not (recyclic_url and recyclic_user and recyclic_password):
             raise click.UsageError("--recyclic-url, --recyclic-user and --recyclic-password go together")
         recyclic = _recyclic_names(recyclic_url, recyclic_user, recyclic_password)
+    elif isinstance(source.sink, RecyclicSinkConfig):
+        sink = source.sink
+        recyclic = _recyclic_names(sink.url, sink.username, sink.password.reveal())
     click.echo(render_suggestion(name, _paheko_names(source), source.mapping, recyclic), nl=False)
 
 
@@ -82,12 +91,69 @@ def _users(client: RecyclicClient):
 
 @mapping_group.command("check")
 @click.option("--source", "name", required=True, help="The source (a [sources.NAME] table).")
-def check(name: str) -> None:
-    """List the Paheko names the mapping lacks; exit status 1 if there is any."""
+@click.option("--dry-run", is_flag=True,
+              help="Also replay the mapping over the closed sessions Paheko holds: per session what would be "
+                   "forwarded, left out and held, with totals. Nothing is sent.")
+@click.option("--last", type=click.IntRange(min=1), default=None,
+              help="With --dry-run: only the last N closed sessions (default: all from paheko.first_session).")
+@click.option("--offline", is_flag=True, help="Do not contact Recyclic (ids, live use and closing not verified).")
+def check(name: str, dry_run: bool, last: int | None, offline: bool) -> None:
+    """Verify a source's mapping before anything is sent: Paheko names it lacks, local currency mapped to
+    euro cash, policies that would hold sessions, closing (PIN, Recyclic's Paheko close mapping, the
+    outbox), registers and operators in live use. Exit status 1 when a problem is found.
+
+    \b
+    Example:
+      paheko-recyclic mapping check --source lab --dry-run --last 20
+    """
     source = _source(name)
-    missing = unmapped(_paheko_names(source), source.mapping)
-    for line in missing:
-        click.echo(f"unmapped: {line}")
-    if missing:
+    sink = source.sink if isinstance(source.sink, RecyclicSinkConfig) else None
+    findings = paheko_findings(name, _paheko_names(source), source.mapping,
+                               pin_configured=None if sink is None else sink.pin is not None)
+    if sink is not None and not offline:
+        try:
+            with RecyclicClient(sink) as client:
+                findings += recyclic_findings(source.mapping, client)
+        except RecyclicError as exc:
+            findings.append(Finding("problem", f"cannot check the mapping against Recyclic: {exc}"))
+    elif sink is None:
+        findings.append(Finding("warning", "this source's sink is not Recyclic: ids, live use and closing are not "
+                                           "verified against Recyclic."))
+    for finding in findings:
+        text = finding.text if finding.text.startswith("unmapped: ") else f"{finding.level}: {finding.text}"
+        click.echo(text)
+    held = 0
+    if dry_run:
+        runs = _replay(source, last)
+        lines, totals = render_dry_run(runs)
+        click.echo("")
+        click.echo(f"Dry run over {len(runs)} closed session(s) of source {name!r} (nothing sent):")
+        for line in lines + totals_lines(totals):
+            click.echo(line)
+        held = totals.held_sessions + totals.unreadable
+    problems = sum(f.level == "problem" for f in findings)
+    warnings = len(findings) - problems
+    if problems or held:
         raise click.exceptions.Exit(1)
-    click.echo(f"The mapping of source {name!r} covers every location, operator, category and payment method.")
+    click.echo(f"The mapping of source {name!r} covers every location, operator, category and payment method"
+               + (f" ({warnings} warning(s) above)." if warnings else "."))
+
+
+def _replay(source: Source, last: int | None) -> list[SessionRun]:
+    since = sql_int(source.paheko.first_session)
+    order, limit = ("DESC", f" LIMIT {sql_int(last)}") if last else ("ASC", "")
+    runs = []
+    try:
+        with PahekoClient(source.name, source.paheko) as client:
+            rows = client.sql(f"SELECT id FROM plugin_pos_sessions WHERE closed IS NOT NULL AND id >= {since} "
+                              f"ORDER BY id {order}{limit}", complete=not limit).rows
+            for session_id in sorted(int(r["id"]) for r in rows):
+                try:
+                    snapshot = read_session(client, session_id, source.timezone)
+                except SessionUnavailable as exc:
+                    runs.append(SessionRun(session_id, None, unreadable=str(exc)))
+                    continue
+                runs.append(replay(snapshot, source.mapping))
+    except PahekoError as exc:
+        raise click.ClickException(f"cannot read Paheko's sessions: {exc}") from None
+    return runs
