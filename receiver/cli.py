@@ -118,6 +118,7 @@ def check_config() -> None:
     click.echo(f"  ledger: {_redact_url(config.receiver.ledger_url)}")
     for warning in proxy_warnings(config):
         click.echo(f"  warning: {warning}", err=True)
+    problems = 0
     for source in config.sources.values():
         click.echo(
             f"  source {source.name}: Paheko {source.paheko.url} (key {source.paheko.api_user}), "
@@ -127,6 +128,21 @@ def check_config() -> None:
         sink = kind_of(source.sink) if source.sink else "none configured (sessions wait until a [sink] table is added)"
         click.echo(f"    mapping: profile {m.profile}, {len(m.locations)} location(s), {len(m.categories)} "
                    f"category(ies), {len(m.methods)} method(s); sink: {sink}")
+        for finding in _mapping_findings(source):
+            problems += finding.level == "problem"
+            click.echo(f"    {finding.level}: {finding.text}")
+    if problems:
+        click.echo(f"{problems} problem(s) in the mappings: see above (`paheko-recyclic mapping check --source NAME` "
+                   "verifies them against Paheko and Recyclic).", err=True)
+        sys.exit(1)
+
+
+def _mapping_findings(source):
+    from receiver.forward.config import RecyclicSinkConfig
+    from receiver.mapping.check import settings_findings
+
+    sink = source.sink if isinstance(source.sink, RecyclicSinkConfig) else None
+    return settings_findings(source.mapping, pin_configured=None if sink is None else sink.pin is not None)
 
 
 @main.command("run", with_appcontext=False)

@@ -35,36 +35,51 @@ class Finding:
     text: str
 
 
-def paheko_findings(source: str, names: PahekoNames, mapping: Mapping, *, pin_configured: bool | None) -> list[Finding]:
-    """What Paheko's names and the mapping's own settings say. ``pin_configured``: None when the sink is not
-    Recyclic (closing does not apply)."""
-    out = [Finding("problem", f"unmapped: {line}") for line in unmapped(names, mapping)]
-    for name, kind in names.methods:
-        code = mapping.methods.get(name)
-        if code != "cash":
-            continue
-        if local_currency_name(name):
+def settings_findings(mapping: Mapping, *, pin_configured: bool | None) -> list[Finding]:
+    """What the mapping's own settings say, without reading Paheko or Recyclic (``check-config`` prints
+    these). ``pin_configured``: None when the sink is not Recyclic (closing does not apply)."""
+    out = []
+    for name, code in sorted(mapping.methods.items()):
+        if code == "cash" and local_currency_name(name):
             out.append(Finding("problem", f"payment method {name!r} is mapped to cash, Recyclic's euro cash, but its "
                                           "name says local currency: its float would be added to the euros and its "
                                           "takings merged with them. Map it to a Recyclic payment method of its own "
                                           "(a super-admin creates one), or remove the line (its tickets then hold)."))
-        elif kind == METHOD_CASH and (why := non_euro_cash(name, kind, names.accounts.get(name))):
-            out.append(Finding("warning", f"payment method {name!r} is mapped to cash but is {why}."))
     held = [k for k in UNREPRESENTABLE if getattr(mapping.policies, k) == "hold"]
     if held:
         out.append(Finding("warning", f"policies {', '.join(held)} = \"hold\": every session with such a line or "
                                       "payment waits for a person (Recyclic cannot represent them; \"skip\" forwards "
-                                      "the rest and records what is left out). `--dry-run` shows which sessions."))
+                                      "the rest and records what is left out). `mapping check --dry-run` shows which "
+                                      "sessions."))
+    if pin_configured is None:
+        return out
     if not mapping.close_session:
         out.append(Finding("warning", "close_session = false: every forwarded session stays OPEN in Recyclic. An open "
                                       "session blocks any live opening of its register and of its operator (400 « Une "
                                       "session est déjà ouverte… »), and the cash count and its variance never reach "
                                       "Recyclic. Close them by hand in Recyclic, or set close_session = true."))
-    elif pin_configured is False and mapping.profile == "v2":
-        out.append(Finding("problem", "close_session = true needs the Recyclic user's 4-digit step-up PIN: add "
-                                      "pin = \"NNNN\" to this source's [sink] (the user sets it in Recyclic, "
-                                      "PUT /v1/users/me/pin). Without it every session is held at its close."))
+    elif mapping.profile == "v2":
+        if not pin_configured:
+            out.append(Finding("problem", "close_session = true needs the Recyclic user's 4-digit step-up PIN: add "
+                                          "pin = \"NNNN\" to this source's [sink] (the user sets it in Recyclic, "
+                                          "PUT /v1/users/me/pin). Without it every session is held at its close."))
+        out.append(Finding("warning", "each close queues an accounting item in Recyclic's Paheko outbox; the "
+                                      "receiver rejects it right after the close (Paheko's caisse already booked "
+                                      "the session). Never give that Recyclic instance a Paheko URL while items "
+                                      "are pending: they would be booked a second time in Paheko. Closing also "
+                                      "needs a Paheko close mapping for the site in Recyclic (`mapping check`)."))
     return out
+
+
+def paheko_findings(source: str, names: PahekoNames, mapping: Mapping, *, pin_configured: bool | None) -> list[Finding]:
+    """Paheko's names against the mapping, then :func:`settings_findings`."""
+    out = [Finding("problem", f"unmapped: {line}") for line in unmapped(names, mapping)]
+    for name, kind in names.methods:
+        if mapping.methods.get(name) == "cash" and kind == METHOD_CASH and not local_currency_name(name):
+            why = non_euro_cash(name, kind, names.accounts.get(name))
+            if why:
+                out.append(Finding("warning", f"payment method {name!r} is mapped to cash but is {why}."))
+    return out + settings_findings(mapping, pin_configured=pin_configured)
 
 
 # --- against a live Recyclic ----------------------------------------------------------------------------
@@ -147,10 +162,6 @@ def recyclic_findings(mapping: Mapping, client: RecyclicClient, *, known_session
                                               f"close {{\"site_id\": \"{site_id}\", \"register_id\": null, "
                                               "\"destination_params\": {\"id_year\": 1, \"debit\": \"530\", "
                                               "\"credit\": \"707\"}} (Paheko's year id and accounts)."))
-        out.append(Finding("warning", "each close queues an accounting item in Recyclic's Paheko outbox; the "
-                                      "receiver rejects it right after the close (Paheko's caisse already booked "
-                                      "the session). Never give that Recyclic instance a Paheko URL while items "
-                                      "are pending: they would be booked a second time in Paheko."))
     return out
 
 
