@@ -82,7 +82,8 @@ register = "{REPLAY_REGISTER.id}"
 {methods}
 
 [sources.lab.mapping.policies]
-# Recyclic cannot show a refund inside a ticket: leave refund lines out, and record them.
+# Recyclic cannot receive a refund: the ticket's sale lines go, the return is left out and recorded
+# (the default, written out).
 refunds = "skip"
 
 [sources.lab.sink]

@@ -442,7 +442,7 @@ def test_the_fixture_sessions_arrive_exactly_as_mapped(ledger, profile):
         "profile": profile, "close_session": True, "default_operator": OPERATOR,
         "locations": {"Boutique principale": {"site": MAIN_SITE.id, "register": REPLAY_REGISTER.id}},
         "categories": {name: by_name[ours] for name, ours in PAHEKO_CATEGORIES.items()},
-        "methods": {"Espèces": "cash", "Monnaie locale": "cash", "CB": "card", "Chèque": "check"},
+        "methods": {"Espèces": "cash", "Monnaie locale": "check", "CB": "card", "Chèque": "check"},
         "policies": {"refunds": "skip", "mixed_methods": "skip"},
     })
     with served(FIXTURE) as (client, _app):

@@ -50,7 +50,7 @@ def test_worker_once_then_status(pipeline):
 
 
 def test_status_lists_held_sessions_with_their_reason(tmp_path):
-    p = build(tmp_path, policies="")
+    p = build(tmp_path, policies='refunds = "hold"')
     try:
         p.config_path = tmp_path / "config.toml"
         p.notify(1)

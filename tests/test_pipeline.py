@@ -156,8 +156,8 @@ def test_fixture_sessions_arrive_in_recyclic(pipeline):
         assert registry.get_sample_value(name, {"source": "lab", "outcome": "ok"}) == 2
 
 
-def test_default_policies_hold_with_french_reasons(tmp_path):
-    p = build(tmp_path, policies="")
+def test_refunds_on_hold_wait_with_french_reasons(tmp_path):
+    p = build(tmp_path, policies='refunds = "hold"')
     try:
         p.notify(1)
         p.notify(2)
@@ -287,6 +287,7 @@ def test_demo_command_runs_the_whole_pipeline(tmp_path):
     [one] = [line for line in lines if line.strip().startswith("1  poller")]
     [two] = [line for line in lines if line.strip().startswith("2  module")]
     assert "124,50 €" in one and "127,50 €" in one and "-3,00 €" in one and one.endswith("forwarded")
-    assert "72,90 €" in two and "63,90 €" in two and "9,00 €" in two and two.endswith("forwarded")
+    # Ticket 9 (chair 12,00 € + return -3,00 €): the chair is forwarded, the return left out.
+    assert "72,90 €" in two and "75,90 €" in two and "-3,00 €" in two and two.endswith("forwarded")
     assert "Session 2 déjà reçue" in result.output
     assert (tmp_path / "demo" / "ledger.sqlite").exists()
