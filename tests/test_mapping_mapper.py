@@ -444,3 +444,24 @@ def test_allocate_shares_in_proportion_to_the_cent():
     shares = allocate(-100, [(1, 1), (2, 1), (3, 1)])
     assert sum(shares.values()) == -100 and sorted(shares.values()) == [-34, -33, -33]
     assert allocate(301, [(1, 700), (2, 300)]) == {1: 211, 2: 90}
+
+
+def test_local_currency_unmapped_and_skipped_leaves_out_only_what_it_paid(fixture_sessions):
+    """Tab 5: Grille-pain 10,00 € + Beau livre 4,50 €, paid 10,00 € in local currency + 4,50 € cash. Recyclic
+    has no method for the local currency: only one split by whole lines exists (the book for the cash)."""
+    s1, _ = fixture_sessions
+    methods = {k: v for k, v in METHODS.items() if k != "Monnaie locale"}
+    (reason,) = held(s1, mapping(methods=methods))
+    assert reason.startswith("Moyen de paiement Paheko « Monnaie locale » non relié") and "ticket 5" in reason
+    m = map_session(s1, mapping(methods=methods, policies={"unknown_method": "skip"}))
+    sale = next(s for s in m.sales if s.tab_id == 5)
+    assert items(sale) == [(8, BOOKS, 1, 1200, 450, "Beau livre")]
+    assert payments(sale) == [("cash", 450, (7,), (450,))]
+    assert [(p.kind, p.item_id, p.payment_id, p.amount_cents, p.weight_grams, p.method) for p in parts_of(m, 5)] == [
+        ("unknown_method", 7, None, 1000, 1500, None), ("unknown_method", None, 6, 1000, 0, "Monnaie locale")]
+    assert "seule répartition" in parts_of(m, 5)[0].reason
+    assert m.opening.initial_cents == 5000 and m.reconciliation.balanced
+    # Two equal lines for one payment: no single split, the whole tab is left out.
+    from receiver.mapping.mapper import unique_subset
+    tab = s1.tabs[4]
+    assert unique_subset([tab.items[0], tab.items[0]], 1000) is None

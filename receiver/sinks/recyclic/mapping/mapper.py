@@ -10,8 +10,8 @@ Rules (the policies are in :mod:`receiver.mapping.config`):
   against a sale, a membership fee paid with the goods) leaves its share of those payments in Paheko with
   it — split over the tab's forwarded payments in proportion, to the cent — so Paheko = forwarded + left
   out per method. A payment left out with a positive amount (Ardoise, porte-monnaie, unmapped method)
-  is never re-booked on another method: its tab is forwarded only when what is left still balances,
-  otherwise the whole tab is left out, with the reason.
+  is never re-booked on another method: the lines it paid are left out with it when exactly one set of
+  whole lines adds up to the forwardable payments; otherwise the whole tab is left out, with the reason.
 * An unmapped location, or operator without ``default_operator``, under ``skip`` skips the whole session.
 * The result carries a :class:`Reconciliation`, recomputed from the output: forwarded + skipped equals
   Paheko's figures to the cent and the gram, or :class:`ReconciliationError` is raised (a bug).
@@ -195,6 +195,21 @@ class _Run:
         # A positive payment left out (Ardoise, porte-monnaie, unmapped method) is another matter: goods it
         # paid cannot be re-booked on another method, so such a tab is only forwarded when it still balances.
         absorb = kept_total != kept_paid and kept_paid > 0 and not any(p.amount > 0 for p, _ in out_pays)
+        if kept_total != kept_paid and not absorb and kept_paid > 0 and not any(i.total for i, _ in out_items) \
+                and all(p.amount > 0 for p, _ in out_pays):
+            # Goods paid partly by a payment left out (local currency unmapped, Ardoise…): when exactly one
+            # set of whole lines adds up to the forwardable payments, those lines are what they paid.
+            paid_lines = unique_subset(kept_items, kept_paid)
+            if paid_lines is not None:
+                payer = ", ".join(f"{self.method_name(p)} {euros(p.amount)}" for p, _ in out_pays)
+                for item in kept_items:
+                    if item not in paid_lines:
+                        part = out_pays[0][1]
+                        out_items.append((item, _Part(part.kind, part.label,
+                                                      f"Ligne réglée par le paiement écarté ({payer}) : seule "
+                                                      "répartition des paiements par lignes entières.")))
+                kept_items = paid_lines
+                kept_total = kept_paid
         codes = list(dict.fromkeys(self.mapping.methods[self.method_name(p)] for p in kept_pays))
         whole: tuple[str, str] | None = None
         if not kept_items:
@@ -302,6 +317,25 @@ class _Run:
             out.append(f"Moyen de paiement Paheko « {name} » non relié à un code de paiement Recyclic "
                        f"({_tickets(tabs)}) : ajoutez-le dans {table}.methods].")
         return out
+
+
+#: Above this many lines, :func:`unique_subset` does not search (2**n sums).
+SUBSET_MAX_LINES = 12
+
+
+def unique_subset(items: list[Item], total: int) -> list[Item] | None:
+    """The only non-empty, proper set of ``items`` (whole lines) whose totals add up to ``total``, or None
+    when there is none, more than one, or too many lines to search."""
+    n = len(items)
+    if n < 2 or n > SUBSET_MAX_LINES:
+        return None
+    found = None
+    for mask in range(1, (1 << n) - 1):
+        if sum(items[i].total for i in range(n) if mask >> i & 1) == total:
+            if found is not None:
+                return None
+            found = mask
+    return None if found is None else [items[i] for i in range(n) if found >> i & 1]
 
 
 def allocate(total: int, weights: list[tuple[int, int]]) -> dict[int, int]:
