@@ -138,8 +138,8 @@ def check_config() -> None:
 
 
 def _mapping_findings(source):
-    from receiver.forward.config import RecyclicSinkConfig
-    from receiver.mapping.check import settings_findings
+    from receiver.sinks.recyclic.config import RecyclicSinkConfig
+    from receiver.sinks.recyclic.mapping.check import settings_findings
 
     sink = source.sink if isinstance(source.sink, RecyclicSinkConfig) else None
     return settings_findings(source.mapping, pin_configured=None if sink is None else sink.pin is not None)

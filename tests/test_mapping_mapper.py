@@ -438,7 +438,7 @@ def test_json_round_trip(fixture_sessions, shop):
 
 
 def test_allocate_shares_in_proportion_to_the_cent():
-    from receiver.mapping.mapper import allocate
+    from receiver.sinks.recyclic.mapping.mapper import allocate
     assert allocate(300, [(1, 900)]) == {1: 300}
     assert allocate(-450, [(6, 1000), (7, 450)]) == {6: 0, 7: -450}  # exactly one payment's amount
     shares = allocate(-100, [(1, 1), (2, 1), (3, 1)])
@@ -462,6 +462,6 @@ def test_local_currency_unmapped_and_skipped_leaves_out_only_what_it_paid(fixtur
     assert "seule répartition" in parts_of(m, 5)[0].reason
     assert m.opening.initial_cents == 5000 and m.reconciliation.balanced
     # Two equal lines for one payment: no single split, the whole tab is left out.
-    from receiver.mapping.mapper import unique_subset
+    from receiver.sinks.recyclic.mapping.mapper import unique_subset
     tab = s1.tabs[4]
     assert unique_subset([tab.items[0], tab.items[0]], 1000) is None

@@ -1,6 +1,6 @@
 """Map a Paheko session snapshot to Recyclic's model (:func:`map_session`).
 
-Rules (the policies are in :mod:`receiver.mapping.config`):
+Rules (the policies are in :mod:`receiver.sinks.recyclic.mapping.config`):
 
 * One Paheko tab is one sale. A line or payment Recyclic cannot take (refund, Ardoise / porte-monnaie,
   membership fee, unmapped category or method) follows its policy: ``hold`` stops the whole session with
