@@ -83,7 +83,7 @@ def test_session_sales_and_close_arrive_once_with_exact_amounts(ledger, profile)
     assert (line.unit_price, line.weight_g, line.total_price) == (333, 1350, 1000)  # 10,00 € / 3, rounded
     assert delivery.sales == {tab: sale_id for tab, sale_id in zip((100, 101, 102), session.sale_ids)}
     assert all(status == "done" for status, _ in forwards(ledger, entry).values())
-    assert len(forwards(ledger, entry)) == 1 + 3 + 1
+    assert len(forwards(ledger, entry)) == 1 + 3 + 1 + (profile == "v2")  # v2: the outbox item rejected
     sale_posts = stand.log.count("POST", "/sales/")
     assert sale_posts == 3
     assert all(s.headers["idempotency-key"] == f"paheko-recyclic:lab:7:{100 + n}"
@@ -125,6 +125,39 @@ def test_v2_leaves_the_session_open_when_closing_is_off(ledger):
     delivery = deliver(RecyclicSink(stand.config(pin=None)), new_entry(ledger), mapped, ledger)
     assert not delivery.closed and stand.app.store.sessions[delivery.reference].status == "open"
     assert_exactly_once(stand, mapped, delivery.reference)
+
+
+def test_v2_close_rejects_recyclics_paheko_outbox_item_at_once(ledger):
+    """Each v2 close queues an accounting item for Recyclic's own push to Paheko, which Paheko's caisse already
+    booked: it is rejected right after the close, with a reason naming the caisse, once."""
+    stand = plug(_TARGET, "v2")
+    entry = new_entry(ledger)
+    delivery = deliver(RecyclicSink(stand.config()), entry, mapped_session(), ledger)
+    (item,) = stand.app.store.outbox.values()
+    assert item.cash_session_id == delivery.reference
+    assert (item.outbox_status, item.sync_state_core) == ("failed", "rejete")
+    assert "Déjà comptabilisé dans Paheko par la caisse Paheko (source lab, session 7)" in item.rejection_reason
+    assert forwards(ledger, entry)[("outbox", 7)] == ("done", item.id)
+    rejects = stand.log.count("POST", f"/admin/paheko-outbox/items/{item.id}/reject")
+    assert rejects == 1
+    deliver(RecyclicSink(stand.config()), entry, mapped_session(), ledger)  # nothing sent again
+    assert stand.log.count("POST", f"/admin/paheko-outbox/items/{item.id}/reject") == 1
+
+
+def test_an_outbox_item_already_pushed_to_paheko_is_reported(ledger):
+    """If Recyclic pushed the item before the rejection (a Paheko URL was configured), it cannot be undone:
+    the admin is told to look for the double booking in Paheko; nothing is retried."""
+    stand = plug(_TARGET, "v2")
+    entry = new_entry(ledger)
+    mapped = mapped_session()
+    with pytest.raises(Crash):  # the worker dies right after recording the close
+        deliver(RecyclicSink(stand.config()), entry, mapped, CrashingLedger(ledger, 10, True))
+    (item,) = stand.app.store.outbox.values()
+    stand.app.store.deliver_outbox_item(item.id)
+    delivery = deliver(RecyclicSink(stand.config()), entry, mapped, ledger)
+    assert delivery.closed and item.outbox_status == "delivered"
+    assert any("doublon" in note and item.id in note for note in delivery.notes)
+    assert forwards(ledger, entry)[("outbox", 7)][0] == "done"
 
 
 def test_a_session_without_sales_opens_nothing(ledger):
@@ -169,7 +202,7 @@ def known_ids(ledger) -> set[str]:
 @pytest.mark.parametrize("profile", ["v2", "legacy"])
 def test_a_crash_between_any_two_steps_resumes_without_duplicates(ledger, profile):
     stand = plug(_TARGET, profile)
-    steps = 2 + 3 * 2 + 2  # session, three sales, close: sending + done each
+    steps = 2 + 3 * 2 + 2 + 2 * (profile == "v2")  # session, three sales, close, v2 outbox: sending + done each
     for at in range(1, steps + 1):
         for after in (False, True):
             session_id = at * 10 + after
@@ -186,6 +219,7 @@ def test_a_crash_between_any_two_steps_resumes_without_duplicates(ledger, profil
             assert all(status == "done" for status, _ in forwards(ledger, entry).values())
             # A lost opening is found again in Recyclic and adopted (both lines): no orphan, no second session.
             assert [s for s in stand.sessions() if s.status == "open"] == []
+            assert [i for i in stand.app.store.outbox.values() if i.outbox_status == "pending"] == []
             assert len([s for s in stand.sessions() if s.opened_at and s.id not in known_ids(ledger)]) == 0
             assert bool(delivery.notes) == lost_opening
             assert [n["text"] for n in ledger.notes_of(entry.id)] == list(delivery.notes)

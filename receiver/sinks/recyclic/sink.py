@@ -72,6 +72,18 @@ ALREADY_OPEN = re.compile(r"déjà ouverte|already (has an )?open", re.IGNORECAS
 BUSY_RETRY = 300.0
 
 
+#: What turning closing off costs, said wherever it is offered as a way out.
+NO_CLOSE_COST = ("Désactiver la clôture (close_session = false) laisserait chaque session ouverte dans Recyclic : "
+                 "sa caisse et son opérateur y seraient bloqués pour toute ouverture, et le comptage de caisse "
+                 "n'y arriverait pas.")
+#: The reason written on each rejected outbox item (Recyclic keeps it; a blank one is refused).
+OUTBOX_REASON = ("Déjà comptabilisé dans Paheko par la caisse Paheko (source {source}, session {session}) ; "
+                 "rejeté par paheko-recyclic pour éviter une double écriture.")
+OUTBOX_DELIVERED = ("Recyclic avait déjà envoyé à Paheko l'écriture de clôture de la session {session} (élément "
+                    "{item} de sa file) : elle double probablement celle de la caisse Paheko. Vérifiez la "
+                    "comptabilité de Paheko et supprimez le doublon.")
+
+
 class RecyclicSink:
     """Delivers mapped sessions to one Recyclic instance (profile per session: ``mapped.profile``). One per
     process and source, shared by the worker threads: one client, one login."""
@@ -502,7 +514,60 @@ class _Delivering:
 
         self.log.once("close", mapped.session_id, key=key, find=closed_already,
                       create=lambda: self.close_now(session_id, key))
+        if mapped.profile == "v2":
+            self.reject_outbox(session_id)
         return True
+
+    # -- Recyclic's Paheko outbox: Paheko's caisse already booked the session ---------------------------
+
+    def outbox_items(self, session_id: str) -> list[dict[str, Any]] | None:
+        """The close items queued for this Recyclic session; None when this Recyclic has no outbox."""
+        try:
+            data = self.client.get("admin/paheko-outbox/items", {"cash_session_id": session_id, "limit": 100})
+        except RecyclicRefused as exc:
+            if exc.status in (404, 405):
+                return None
+            raise
+        return [i for i in _page(data) if i.get("operation_type", "cash_session_close") == "cash_session_close"]
+
+    def reject_outbox(self, session_id: str) -> None:
+        """Reject, right after the close, the accounting item v2 queues for its own push to Paheko: pushed,
+        it would book again what Paheko's caisse booked. Recorded once (forward kind ``outbox``)."""
+        if self.log.is_done("outbox", self.mapped.session_id):
+            return
+
+        def settled() -> str | None:
+            items = self.outbox_items(session_id)
+            if items is None:
+                return "-"
+            if not items:
+                return "-" if self.log.is_done("close", self.mapped.session_id) else None
+            pending = [i for i in items if i.get("sync_state_core") != "rejete" and i.get("outbox_status") != "delivered"]
+            delivered = [i for i in items if i.get("outbox_status") == "delivered"]
+            if delivered:
+                self.log.note(OUTBOX_DELIVERED.format(item=delivered[0].get("id"), session=session_id))
+            return None if pending else ",".join(str(i.get("id")) for i in items)
+
+        def reject() -> str:
+            ids = []
+            for item in self.outbox_items(session_id) or []:
+                if item.get("sync_state_core") == "rejete" or item.get("outbox_status") == "delivered":
+                    continue
+                try:
+                    self.client.post(f"admin/paheko-outbox/items/{item['id']}/reject", {"reason": OUTBOX_REASON.format(
+                        source=self.mapped.source, session=self.mapped.session_id)})
+                except RecyclicRefused as exc:
+                    if exc.status != 409:
+                        raise MustAct(
+                            "La session est clôturée dans Recyclic, mais l'écriture comptable qu'il a mise en file "
+                            f"pour Paheko (élément {item['id']}) n'a pas pu être rejetée ({said(exc)}). Rejetez-la "
+                            "dans Recyclic (Administration › Paheko › file d'envoi), sinon elle doublerait dans "
+                            "Paheko l'écriture de la caisse, puis libérez la session.", str(exc)) from None
+                    self.log.note(OUTBOX_DELIVERED.format(item=item["id"], session=session_id))
+                ids.append(str(item["id"]))
+            return ",".join(ids) or "-"
+
+        self.log.once("outbox", self.mapped.session_id, find=settled, create=reject)
 
     def close_now(self, session_id: str, key: str) -> str:
         mapped = self.mapped
@@ -535,8 +600,10 @@ class _Delivering:
                     "la session.")
         if exc.code == "PAHEKO_SYNC_FINAL_ACTION_REFUSED":
             return ("Recyclic refuse de clôturer la session : aucune correspondance de clôture Paheko n'existe "
-                    "pour ce site ou cette caisse dans Recyclic. Créez-la dans Recyclic, ou désactivez la "
-                    "clôture (close_session = false dans la correspondance), puis libérez la session.")
+                    "pour ce site ou cette caisse dans Recyclic. Un administrateur de Recyclic la crée (« mapping "
+                    "check » du récepteur donne la requête), puis libérez la session. La session reste ouverte "
+                    "dans Recyclic d'ici là, ce qui bloque sa caisse et son opérateur pour toute ouverture. "
+                    + NO_CLOSE_COST)
         return (f"Recyclic refuse de clôturer la session ({said(exc)}). Les ventes sont transmises ; corrigez "
                 "la cause, puis libérez la session.")
 
@@ -559,8 +626,8 @@ class _Delivering:
         if config.pin is None:
             raise MustAct(
                 "La clôture des sessions est demandée mais aucun code PIN n'est configuré : Recyclic l'exige "
-                "(X-Step-Up-Pin). Ajoutez pin dans la section [sink] de cette source, ou désactivez la clôture "
-                "(close_session = false), puis libérez la session.")
+                "(X-Step-Up-Pin). Ajoutez pin dans la section [sink] de cette source, puis libérez la session. "
+                + NO_CLOSE_COST)
         pin = config.pin.reveal()
         raw = self.log.ledger.get_value(self.pin_key)
         if raw:
