@@ -540,3 +540,25 @@ def test_command_help_teaches_usage():
     assert result.exit_code == 0
     assert "--profile [v2|legacy]" in result.output and "/_stand-in/state" in result.output
     assert "8082" in result.output
+
+
+def test_v2_reference_data_for_mapping_checks(v2):
+    """What `mapping suggest|check` reads (lab, real v2): users (admin route), registers with their
+    deferred-entry flag, the site's Paheko close mappings, a register's open session (empty ones too)."""
+    users = v2.http.get("/users/").json()
+    assert {u["username"]: u["role"] for u in users}[MACHINE_USER.username] == "admin"
+    registers = {r["id"]: r for r in v2.http.get("/cash-registers/").json()}
+    assert registers[REPLAY_REGISTER.id]["enable_deferred"] is True
+    assert registers[MAIN_REGISTER.id]["enable_deferred"] is False
+    mappings = v2.http.get("/admin/paheko-mappings/cash-session-close", params={"site_id": MAIN_SITE.id}).json()
+    assert [(m["site_id"], m["register_id"], m["enabled"]) for m in mappings["data"]] == [(MAIN_SITE.id, None, True)]
+    assert v2.http.get("/admin/paheko-mappings/cash-session-close", params={"site_id": "other"}).json()["data"] == []
+    live = v2.open(register_id=MAIN_REGISTER.id, operator_id=DEFAULT_USERS[2].id)  # empty: hidden by the list
+    assert v2.http.get(f"/cash-sessions/status/{MAIN_REGISTER.id}").json() == {"is_active": True, "session_id": live}
+    assert v2.http.get("/cash-sessions/", params={"status": "open"}).json()["data"] == []
+    listed = v2.http.get("/cash-sessions/", params={"status": "open", "include_empty": "true",
+                                                    "operator_id": DEFAULT_USERS[2].id}).json()["data"]
+    assert [s["id"] for s in listed] == [live]
+    plain = DEFAULT_USERS[2]
+    v2.login(plain)
+    assert v2.http.get("/users/").status_code == 403
