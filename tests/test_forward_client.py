@@ -163,7 +163,7 @@ def test_the_recyclic_line_is_the_sinks_setting_and_the_mapping_follows_it():
     old_place = parse_config(_source_with(None, "legacy")).sources["lab"]  # where it used to be: still read
     assert old_place.sink.profile == old_place.mapping.profile == "legacy"
     default = parse_config(_source_with(None, None)).sources["lab"]
-    assert default.sink.profile == default.mapping.profile == "v2" and default.mapping.close_session is False
+    assert default.sink.profile == default.mapping.profile == "v2" and default.mapping.close_session is True
     with pytest.raises(ConfigError) as both:
         parse_config(_source_with("legacy", "v2"))
     assert any("keep profile in the sink table" in p for p in both.value.problems)
