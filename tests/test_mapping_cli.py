@@ -116,6 +116,15 @@ def test_check_passes_once_everything_is_mapped(paheko_config):
     assert result.exit_code == 0, result.output
     assert "covers every" in result.output and "warning(s) above" in result.output
     assert "warning: this source's sink is not Recyclic" in result.output
+    # An unmapped name under a "skip" policy is a decision, not a problem.
+    path.write_text(path.read_text().replace(', "Monnaie locale" = "monnaie_locale"', "")
+                    + '\n[sources.lab.mapping.policies]\nunknown_method = "skip"\n')
+    result = invoke("--config", str(path), "mapping", "check", "--source", "lab")
+    assert result.exit_code == 0, result.output
+    assert ("warning: unmapped: payment method 'Monnaie locale': no Recyclic code in [methods] — left out and "
+            'recorded (policies.unknown_method = "skip")') in result.output
+    assert "the unmapped names above are left out by policy" in result.output
+    path.write_text(path.read_text().replace('"CB" = "card" }', '"CB" = "card", "Monnaie locale" = "monnaie_locale" }'))
     # Local currency mapped to euro cash: a problem, not a pass.
     path.write_text(path.read_text().replace('"monnaie_locale"', '"cash"'))
     result = invoke("--config", str(path), "mapping", "check", "--source", "lab")

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from receiver.sinks.recyclic.client import RecyclicClient
 
 Level = Literal["problem", "warning"]
+#: What :func:`~receiver.sinks.recyclic.mapping.suggest.unmapped` lines are about → the policy that decides.
+UNMAPPED_POLICY = (("location", "unknown_location"), ("payment method", "unknown_method"),
+                   ("category", "unknown_category"), ("operator", "unknown_operator"), ("", "unknown_location"))
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,13 @@ def settings_findings(mapping: Mapping, *, pin_configured: bool | None) -> list[
 
 def paheko_findings(source: str, names: PahekoNames, mapping: Mapping, *, pin_configured: bool | None) -> list[Finding]:
     """Paheko's names against the mapping, then :func:`settings_findings`."""
-    out = [Finding("problem", f"unmapped: {line}") for line in unmapped(names, mapping)]
+    out = []
+    for line in unmapped(names, mapping):
+        policy = next(p for prefix, p in UNMAPPED_POLICY if line.startswith(prefix))
+        if getattr(mapping.policies, policy) == "skip":
+            out.append(Finding("warning", f"unmapped: {line} — left out and recorded (policies.{policy} = \"skip\")"))
+        else:
+            out.append(Finding("problem", f"unmapped: {line}"))
     for name, kind in names.methods:
         if mapping.methods.get(name) == "cash" and kind == METHOD_CASH and not local_currency_name(name):
             why = non_euro_cash(name, kind, names.accounts.get(name))

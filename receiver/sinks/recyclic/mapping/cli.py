@@ -120,7 +120,8 @@ def check(name: str, dry_run: bool, last: int | None, offline: bool) -> None:
         findings.append(Finding("warning", "this source's sink is not Recyclic: ids, live use and closing are not "
                                            "verified against Recyclic."))
     for finding in findings:
-        text = finding.text if finding.text.startswith("unmapped: ") else f"{finding.level}: {finding.text}"
+        text = finding.text if finding.level == "problem" and finding.text.startswith("unmapped: ") \
+            else f"{finding.level}: {finding.text}"
         click.echo(text)
     held = 0
     if dry_run:
@@ -135,8 +136,12 @@ def check(name: str, dry_run: bool, last: int | None, offline: bool) -> None:
     warnings = len(findings) - problems
     if problems or held:
         raise click.exceptions.Exit(1)
-    click.echo(f"The mapping of source {name!r} covers every location, operator, category and payment method"
-               + (f" ({warnings} warning(s) above)." if warnings else "."))
+    if any(f.text.startswith("unmapped: ") for f in findings):
+        click.echo(f"No problem in the mapping of source {name!r}; the unmapped names above are left out by policy"
+                   f" ({warnings} warning(s) above).")
+    else:
+        click.echo(f"The mapping of source {name!r} covers every location, operator, category and payment method"
+                   + (f" ({warnings} warning(s) above)." if warnings else "."))
 
 
 def _replay(source: Source, last: int | None) -> list[SessionRun]:
