@@ -258,7 +258,7 @@ def test_check_against_recyclic_live_use_and_closing(paheko_config):
     import httpx
 
     from receiver.dev.recyclic import DEFAULT_USERS, MACHINE_USER, create_recyclic_app
-    from receiver.dev.recyclic_store import MAIN_REGISTER, MAIN_SITE
+    from receiver.dev.recyclic_store import CATEGORIES, MAIN_REGISTER, MAIN_SITE, REPLAY_REGISTER
 
     replay_operator, cashier = DEFAULT_USERS[1].id, DEFAULT_USERS[2].id
     with LocalServer(create_recyclic_app("v2")) as recyclic:
@@ -289,7 +289,27 @@ def test_check_against_recyclic_live_use_and_closing(paheko_config):
         cashier_as_operator = with_recyclic_sink(paheko_config(full_mapping(operator=cashier)), recyclic.url)
         result = invoke("--config", str(cashier_as_operator), "mapping", "check", "--source", "lab")
         assert result.exit_code == 1
-        assert f"problem: operator {cashier} has 1 open session(s) on other registers" in result.output
+        assert (f"problem: operator {cashier} (benevole) has 1 open session(s) not made by the receiver (Caisse 1)"
+                in result.output)
+        # The cashier as operator on the cashier's own register: both refused (a replay would lock that till).
+        both = with_recyclic_sink(paheko_config(full_mapping(operator=cashier, register=MAIN_REGISTER.id)),
+                                  recyclic.url)
+        result = invoke("--config", str(both), "mapping", "check", "--source", "lab")
+        assert result.exit_code == 1 and result.output.count("problem: ") == 2, result.output
+        # A session the receiver opened (its sales carry Paheko notes) is not live use.
+        headers = {"Authorization": f"Bearer {token}"}
+        replayed = httpx.post(f"{recyclic.url}/v1/cash-sessions/", headers=headers, json={
+            "operator_id": replay_operator, "site_id": MAIN_SITE.id, "register_id": REPLAY_REGISTER.id,
+            "initial_amount": 0, "opened_at": "2026-11-24T01:18:21+01:00"}).json()["id"]
+        sale = httpx.post(f"{recyclic.url}/v1/sales/", headers=headers, json={
+            "cash_session_id": replayed, "total_amount": 1.0, "note": "Paheko lab session 1 ticket 1",
+            "payments": [{"payment_method": "cash", "amount": 1.0}],
+            "items": [{"category": CATEGORIES[0].id, "quantity": 1, "weight": 0.2, "unit_price": 1.0,
+                       "total_price": 1.0}]})
+        assert sale.status_code == 200, sale.text
+        good = with_recyclic_sink(paheko_config(full_mapping(operator=replay_operator)), recyclic.url)
+        result = invoke("--config", str(good), "mapping", "check", "--source", "lab")
+        assert result.exit_code == 0 and "problem" not in result.output, result.output
 
         no_pin = with_recyclic_sink(paheko_config(full_mapping(operator=replay_operator)), recyclic.url, pin=None)
         result = invoke("--config", str(no_pin), "mapping", "check", "--source", "lab")

@@ -21,6 +21,7 @@ from receiver.sinks.recyclic.mapping.config import MEMBERSHIP, UNREPRESENTABLE, 
 from receiver.sinks.recyclic.mapping.mapper import MappingHeld, euros, map_session
 from receiver.sinks.recyclic.mapping.model import MappedSession
 from receiver.sinks.recyclic.mapping.suggest import PahekoNames, unmapped
+from receiver.sinks.recyclic.profiles import parse_sale_note
 from receiver.reread.snapshot import METHOD_CASH, SessionSnapshot
 
 if TYPE_CHECKING:
@@ -93,12 +94,30 @@ def paheko_findings(source: str, names: PahekoNames, mapping: Mapping, *, pin_co
 
 # --- against a live Recyclic ----------------------------------------------------------------------------
 
+#: Said with every "in live use" finding: an empty session may be one the receiver left behind.
+EMPTY_HINT = (" (An empty open session the receiver left after a lost answer looks the same: closing it in "
+              "Recyclic deletes it.)")
+
+
+def _session(client: RecyclicClient, session_id: str) -> dict:
+    data = client.get(f"cash-sessions/{session_id}")
+    return data if isinstance(data, dict) else {}
+
+
+def _replayed(session: dict) -> bool:
+    """A session the receiver made: it holds sales, each carrying a Paheko note (v2). An empty session, or
+    one with a cashier's sales, counts as live use."""
+    sales = [s for s in session.get("sales") or [] if isinstance(s, dict)]
+    return bool(sales) and all(parse_sale_note(s.get("note")) for s in sales)
+
+
 
 def recyclic_findings(mapping: Mapping, client: RecyclicClient, *, known_sessions: frozenset[str] = frozenset()
                       ) -> list[Finding]:
     """Check the mapping's ids against Recyclic and what closing needs; refuse a register or operator in live
-    use (an open session not made by the receiver: ``known_sessions`` are the Recyclic session ids the
-    receiver's ledger holds) unless ``mapping.allow_live``."""
+    use unless ``mapping.allow_live``: an open session (empty ones included: Recyclic's list hides them
+    unless ``include_empty``, its register status shows them) that the receiver did not make — not every
+    sale carries a Paheko note, and not in ``known_sessions`` (Recyclic ids the ledger holds)."""
     out: list[Finding] = []
     categories = {c.id: c for c in client.categories()}
     for name, target in sorted(mapping.categories.items()):
@@ -120,7 +139,6 @@ def recyclic_findings(mapping: Mapping, client: RecyclicClient, *, known_session
     places = [(label, place) for label, place in sorted(mapping.locations.items())]
     if mapping.no_location:
         places.append(("(no location)", mapping.no_location))
-    mapped_registers = {p.register_id for _, p in places if p.register_id}
     operators = {*mapping.operators.values(), *([mapping.default_operator] if mapping.default_operator else [])}
     live_word = "refused" if not mapping.allow_live else "accepted (allow_live = true)"
     for label, place in places:
@@ -139,27 +157,30 @@ def recyclic_findings(mapping: Mapping, client: RecyclicClient, *, known_session
             continue
         session_id = client.open_session_of_register(register.id)
         if session_id and session_id not in known_sessions:
-            session = client.get(f"cash-sessions/{session_id}")
-            operator = session.get("operator_id") if isinstance(session, dict) else None
-            if operator not in operators:
-                who = session.get("operator_name") or operator if isinstance(session, dict) else "?"
+            session = _session(client, session_id)
+            if not _replayed(session):
                 out.append(Finding("warning" if mapping.allow_live else "problem",
                                    f"location {label!r}: register {register.name!r} is in live use (session "
-                                   f"{session_id} open by {who}): {live_word}. Replayed sessions would be refused "
-                                   "while it is open, and one left open would lock that till. Use a register kept "
-                                   "for deferred entry."))
+                                   f"{session_id} open by {session.get('operator_name') or session.get('operator_id')}"
+                                   f"{', empty' if not session.get('sales') else ''}): {live_word}. Replayed "
+                                   "sessions would be refused while it is open, and one left open would lock that "
+                                   "till. Use a register kept for deferred entry." + EMPTY_HINT))
         if not register.enable_deferred:
             out.append(Finding("warning", f"location {label!r}: register {register.name!r} is not flagged for "
                                           "deferred entry (enable_deferred) in Recyclic."))
     for operator in sorted(operators):
-        elsewhere = [s for s in client.open_sessions_of_operator(operator)
-                     if s.get("register_id") not in mapped_registers and str(s.get("id")) not in known_sessions]
-        if elsewhere:
-            names = ", ".join(sorted({str(s.get("register_id")) for s in elsewhere}))
+        opened = [_session(client, str(r.get("id"))) for r in client.open_sessions_of_operator(operator)
+                  if str(r.get("id")) not in known_sessions]
+        live = [r for r in opened if not _replayed(r)]
+        if live:
+            registers_named = ", ".join(sorted({registers[r["register_id"]].name if r.get("register_id") in registers
+                                                else str(r.get("register_id")) for r in live}))
+            who = live[0].get("operator_name") or operator
             out.append(Finding("warning" if mapping.allow_live else "problem",
-                               f"operator {operator} has {len(elsewhere)} open session(s) on other registers "
-                               f"({names}): a real cashier in live use, {live_word}. A replayed session under "
-                               "their account blocks their next live opening: use a user kept for deferred entry."))
+                               f"operator {operator} ({who}) has {len(live)} open session(s) not made by the receiver "
+                               f"({registers_named}): a cashier in live use, {live_word}. A replayed session under "
+                               "their account blocks their next live opening: use a user kept for deferred entry."
+                               + EMPTY_HINT))
     if mapping.close_session and mapping.profile == "v2":
         for site_id in sorted({p.site_id for _, p in places if p.site_id in sites}):
             rows = [r for r in client.close_mappings(site_id) if r.get("enabled", True)]
