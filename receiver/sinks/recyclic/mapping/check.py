@@ -213,12 +213,9 @@ class DryRunTotals:
     forwarded_sessions: int = 0
     held_sessions: int = 0
     unreadable: int = 0
-    paheko_cents: int = 0
-    forwarded_cents: int = 0
-    left_out_cents: int = 0
-    paheko_grams: int = 0
-    forwarded_grams: int = 0
-    left_out_grams: int = 0
+    #: [Paheko, forwarded, left out] for line totals (cents) and weight (grams)
+    cents: list[int] = field(default_factory=lambda: [0, 0, 0])
+    grams: list[int] = field(default_factory=lambda: [0, 0, 0])
     sales: int = 0
     tabs: int = 0
     by_method: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0]))
@@ -238,8 +235,8 @@ def dry_run(runs: list[SessionRun]) -> tuple[list[str], DryRunTotals]:
         assert s is not None
         head = f"session {run.session_id} ({s.opened:%Y-%m-%d %H:%M}, {len(s.tabs)} tickets)"
         t.tabs += len(s.tabs)
-        t.paheko_cents += s.totals.items_total
-        t.paheko_grams += s.totals.weight_grams
+        t.cents[0] += s.totals.items_total
+        t.grams[0] += s.totals.weight_grams
         if run.held:
             t.held_sessions += 1
             lines.append(f"{head}: HELD, {euros(s.totals.items_total)} and {s.totals.weight_grams} g wait:")
@@ -253,10 +250,9 @@ def dry_run(runs: list[SessionRun]) -> tuple[list[str], DryRunTotals]:
         r = m.reconciliation
         t.forwarded_sessions += 1
         t.sales += len(m.sales)
-        t.forwarded_cents += r.items_cents.forwarded
-        t.left_out_cents += r.items_cents.skipped
-        t.forwarded_grams += r.weight_grams.forwarded
-        t.left_out_grams += r.weight_grams.skipped
+        for row, tally in ((t.cents, r.items_cents), (t.grams, r.weight_grams)):
+            row[1] += tally.forwarded
+            row[2] += tally.skipped
         for tally in r.payments:
             row = t.by_method[tally.method_name or f"method {tally.method_id}"]
             row[0] += tally.paheko
@@ -281,16 +277,17 @@ def dry_run(runs: list[SessionRun]) -> tuple[list[str], DryRunTotals]:
 def totals_lines(t: DryRunTotals) -> list[str]:
     out = [f"total: {t.sessions} session(s): {t.forwarded_sessions} would be forwarded ({t.sales} sales), "
            f"{t.held_sessions} held" + (f", {t.unreadable} unreadable" if t.unreadable else ""),
-           f"  lines:  Paheko {euros(t.paheko_cents)} = forwarded {euros(t.forwarded_cents)} + left out "
-           f"{euros(t.left_out_cents)} + held {euros(t.paheko_cents - t.forwarded_cents - t.left_out_cents)}",
-           f"  weight: Paheko {t.paheko_grams} g = forwarded {t.forwarded_grams} g + left out {t.left_out_grams} g"
-           f" + held {t.paheko_grams - t.forwarded_grams - t.left_out_grams} g"]
-    for name, (paheko, forwarded, left) in sorted(t.by_method.items()):
-        out.append(f"  {name}: Paheko {euros(paheko)} = forwarded {euros(forwarded)} + left out {euros(left)}"
-                   f" + held {euros(paheko - forwarded - left)}")
+           _equation("lines: ", t.cents, euros), _equation("weight:", t.grams, lambda g: f"{g} g")]
+    out += [_equation(f"{name}:", row, euros) for name, row in sorted(t.by_method.items())]
     if t.by_kind:
         out.append("  left out by case: " + ", ".join(f"{k} ×{n}" for k, n in sorted(t.by_kind.items())))
     return out
+
+
+def _equation(label: str, row: list[int], show) -> str:
+    paheko, forwarded, left = row
+    return (f"  {label} Paheko {show(paheko)} = forwarded {show(forwarded)} + left out {show(left)}"
+            f" + held {show(paheko - forwarded - left)}")
 
 
 def replay(snapshot: SessionSnapshot, mapping: Mapping) -> SessionRun:
