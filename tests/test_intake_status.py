@@ -36,7 +36,7 @@ def clean(text: str | None) -> bool:
 def test_every_mapper_hold_reason_reads_without_receiver_configuration(fixture_sessions):
     """The worker joins the mapper's reasons with spaces; the admin sees none of [sources…] / x = "skip"."""
     s1, _s2 = fixture_sessions
-    reasons = held(s1, MappingSchema().load({}))
+    reasons = held(s1, MappingSchema().load({"policies": {"refunds": "hold"}}))  # refunds hold only when asked
     joined = " ".join(reasons)
     assert not clean(joined)  # the operator's text does name configuration: the rewrite must remove it
     words = admin_words(joined)

@@ -465,3 +465,14 @@ def test_local_currency_unmapped_and_skipped_leaves_out_only_what_it_paid(fixtur
     from receiver.sinks.recyclic.mapping.mapper import unique_subset
     tab = s1.tabs[4]
     assert unique_subset([tab.items[0], tab.items[0]], 1000) is None
+
+
+def test_local_currency_mapped_to_cash_holds(fixture_sessions):
+    """Mapping « Monnaie locale » to cash would add its float to the euros and merge its takings: held, with
+    words a Paheko admin can read (the status route drops the configuration part)."""
+    from receiver.intake.status import admin_words
+
+    s1, _ = fixture_sessions
+    (reason,) = held(s1, mapping(methods={**METHODS, "Monnaie locale": "cash"}))
+    assert reason.startswith("Moyen de paiement Paheko « Monnaie locale » relié à cash")
+    assert admin_words(reason).endswith("Une correspondance à revoir : la personne qui gère le récepteur doit intervenir.")

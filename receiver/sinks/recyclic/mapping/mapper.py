@@ -447,8 +447,9 @@ def _local_currency_as_cash(run: _Run) -> None:
         if local_currency_name(method.name):
             run.other_reasons.append(
                 f"Moyen de paiement Paheko « {method.name} » relié à cash (les espèces en euros de Recyclic) alors "
-                "que son nom désigne une monnaie locale : ses encaissements seraient comptés comme des euros. Reliez-le dans "
-                f"[sources.{src}.mapping.methods] à un moyen de paiement Recyclic propre à cette monnaie (à créer "
+                "que son nom désigne une monnaie locale : ses encaissements seraient comptés comme des euros. Une "
+                f"correspondance à revoir : reliez-le dans [sources.{src}.mapping.methods] à un moyen de paiement "
+                "Recyclic propre à cette monnaie (à créer "
                 "dans Recyclic par un super-admin), ou retirez la ligne pour décider avec la politique unknown_method.")
 
 
