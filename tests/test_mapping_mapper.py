@@ -121,7 +121,7 @@ def test_fixture_session_1_with_refunds_skipped(fixture_sessions):
     comment = m.closing.variance_comment
     for figure in ("124,50 €", "5 tickets", "Espèces ouverture 50,00 €, clôture 69,30 €, écart -0,20 €",
                    "Monnaie locale ouverture 20,00 €, clôture 30,00 €, écart 0,00 €", "CB 15,00 €",
-                   "Chèque 80,00 €", "Hors espèces : 105,00 €", "Bob (bénévole)"):
+                   "Chèque 80,00 €", "Hors espèces transmis : 105,00 € (card 15,00 €, check 80,00 €, monnaie_locale 10,00 €)", "Bob (bénévole)"):
         assert figure in comment
     # Recyclic expects initial + all forwarded tickets: the comment predicts the variance it will show.
     assert f"attendu : {_euros(6930 - 5000 - 12750)}" in comment
@@ -385,7 +385,7 @@ def test_legacy_layout_single_drawer(tmp_path):
         "categories": {"Vêtements": CLOTHES}, "methods": {"Espèces": "cash", "CB": "CARD"}}))
     assert (m.opening.initial_cents, m.closing.actual_cents) == (4000, 3990)
     assert payments(m.sales[0]) == [("card", 700, (1,), (700,))]
-    assert "écart -0,10 €" in m.closing.variance_comment and "Hors espèces : 7,00 € (CB)" in m.closing.variance_comment
+    assert "écart -0,10 €" in m.closing.variance_comment and "Hors espèces transmis : 7,00 € (card 7,00 €)" in m.closing.variance_comment
 
 
 def test_unbalanced_tab_in_paheko_always_holds(tmp_path):

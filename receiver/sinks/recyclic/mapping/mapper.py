@@ -483,12 +483,14 @@ def _variance_comment(run: _Run, cash: list, initial: int, actual: int) -> str:
     takings = [f"{_method(s, mid)} {euros(amount)}" for mid, amount in sorted(s.totals.payments_by_method.items())]
     if takings:
         parts.append("Encaissements : " + ", ".join(takings) + ".")
-    drawer_methods = {b.method_id for b in cash} if all(b.method_id is not None for b in cash) else {
-        mid for mid in s.methods if run.mapping.methods.get(s.methods[mid].name) == "cash"}
-    others = {mid: amount for mid, amount in s.totals.payments_by_method.items() if mid not in drawer_methods}
-    if any(others.values()):
-        parts.append(f"Hors espèces : {euros(sum(others.values()))} ("
-                     + ", ".join(_method(s, mid) for mid in sorted(others))
+    others: dict[str, int] = {}
+    for sale in run.sales:  # what Recyclic will count as cash although it is not: forwarded non-cash payments
+        for pay in sale.payments:
+            if pay.code != "cash" and pay.amount_cents:
+                others[pay.code] = others.get(pay.code, 0) + pay.amount_cents
+    if others:
+        parts.append(f"Hors espèces transmis : {euros(sum(others.values()))} ("
+                     + ", ".join(f"{code} {euros(amount)}" for code, amount in sorted(others.items()))
                      + "), que Recyclic compte pourtant dans l'espèce attendue.")
     forwarded = sum(sale.total_cents for sale in run.sales)
     parts.append(f"Espèces : ouverture {euros(initial)}, comptage {euros(actual)} ; écart affiché par Recyclic "
