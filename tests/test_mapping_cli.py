@@ -212,7 +212,8 @@ def test_suggest_with_the_local_recyclic(paheko_config):
     ids = {c.name: c.id for c in CATEGORIES}
     # The stand-in's shop has two sites: nothing matches "Boutique principale", the operator chooses.
     assert m["locations"] == {}
-    assert '# "Boutique principale" = { site = "SITE-UUID", register = "REGISTER-UUID" }' in result.stdout
+    assert '# "Boutique principale": several Recyclic sites; choose one:' in result.stdout
+    assert '# "Boutique principale" = { site = "SITE-UUID" }' in result.stdout
     assert m["categories"]["Vêtements"] == ids["Vêtements"] and m["categories"]["Livres"] == ids["Livres"]
     assert m["categories"]["Mobilier"] == ids["Mobilier"] and m["categories"]["Adhésion"] == "membership"
     assert m["methods"]["CB"] == "card"
@@ -236,8 +237,8 @@ def full_mapping(**extra: str) -> str:
              f'locations = {{ "Boutique principale" = {{ site = "{MAIN_SITE.id}", '
              f'register = "{extra.pop("register", REPLAY_REGISTER.id)}" }} }}',
              f'categories = {{ "Vêtements" = "{ids["Vêtements"]}", "Livres" = "{ids["Livres"]}", '
-             f'"Mobilier" = "{ids["Mobilier"]}", "Électroménager" = "{ids["Électroménager"]}", '
-             f'"Adhésion" = "membership", "Pièces de vélo neuves (exemple)" = "{ids["Bibelots"]}" }}',
+             f'"Mobilier" = "{ids["Mobilier"]}", "Électroménager" = "{ids["Petit électroménager"]}", '
+             f'"Adhésion" = "membership", "Pièces de vélo neuves (exemple)" = "{ids["Pièces détachées vélo"]}" }}',
              'methods = { "Espèces" = "cash", "Chèque" = "check", "CB" = "card", "Monnaie locale" = "transfer" }']
     return "\n".join(lines + [f"{k} = {v}" for k, v in extra.items()])
 
@@ -254,33 +255,28 @@ def with_recyclic_sink(path: Path, url: str, pin: str | None = "1234") -> Path:
 
 def test_check_against_recyclic_live_use_and_closing(paheko_config):
     """A register or operator in live use is refused (allow_live accepts it, with a warning); closing needs
-    the PIN and Recyclic's Paheko close mapping for the site; the outbox is always mentioned."""
+    the PIN and Recyclic's Paheko close mapping for the site; the outbox is always mentioned. The stand-in's
+    shop has its till in live use: Marie's session is open on « Caisse 1 »."""
     import httpx
 
     from receiver.dev.recyclic import DEFAULT_USERS, MACHINE_USER, create_recyclic_app
-    from receiver.dev.recyclic_store import CATEGORIES, MAIN_REGISTER, MAIN_SITE, REPLAY_REGISTER
+    from receiver.dev.recyclic_store import CATEGORIES, LIVE_REGISTER, MAIN_SITE, REPLAY_REGISTER, SHOP_USERS
 
-    replay_operator, cashier = DEFAULT_USERS[1].id, DEFAULT_USERS[2].id
+    replay_operator, cashier = DEFAULT_USERS[1].id, SHOP_USERS[0].id
     with LocalServer(create_recyclic_app("v2")) as recyclic:
-        token = httpx.post(f"{recyclic.url}/v1/auth/login", json={
-            "username": MACHINE_USER.username, "password": MACHINE_USER.password}).json()["access_token"]
-        live = httpx.post(f"{recyclic.url}/v1/cash-sessions/", headers={"Authorization": f"Bearer {token}"},
-                          json={"operator_id": cashier, "site_id": MAIN_SITE.id, "register_id": MAIN_REGISTER.id,
-                                "initial_amount": 50})
-        assert live.status_code == 201
         good = with_recyclic_sink(paheko_config(full_mapping(operator=replay_operator)), recyclic.url)
         result = invoke("--config", str(good), "mapping", "check", "--source", "lab")
         assert result.exit_code == 0, result.output
         assert "warning: each close queues an accounting item in Recyclic's Paheko outbox" in result.output
         assert "problem" not in result.output
 
-        on_live = with_recyclic_sink(paheko_config(full_mapping(operator=replay_operator, register=MAIN_REGISTER.id)),
+        on_live = with_recyclic_sink(paheko_config(full_mapping(operator=replay_operator, register=LIVE_REGISTER.id)),
                                      recyclic.url)
         result = invoke("--config", str(on_live), "mapping", "check", "--source", "lab")
         assert result.exit_code == 1
         assert "problem: location 'Boutique principale': register 'Caisse 1' is in live use" in result.output
-        assert "benevole" in result.output and "refused" in result.output
-        accepted = with_recyclic_sink(paheko_config(full_mapping(operator=replay_operator, register=MAIN_REGISTER.id,
+        assert "marie.caissiere" in result.output and "refused" in result.output
+        accepted = with_recyclic_sink(paheko_config(full_mapping(operator=replay_operator, register=LIVE_REGISTER.id,
                                                                  allow_live="true")), recyclic.url)
         result = invoke("--config", str(accepted), "mapping", "check", "--source", "lab")
         assert result.exit_code == 0 and "warning: location 'Boutique principale': register 'Caisse 1' is in live " \
@@ -289,14 +285,16 @@ def test_check_against_recyclic_live_use_and_closing(paheko_config):
         cashier_as_operator = with_recyclic_sink(paheko_config(full_mapping(operator=cashier)), recyclic.url)
         result = invoke("--config", str(cashier_as_operator), "mapping", "check", "--source", "lab")
         assert result.exit_code == 1
-        assert (f"problem: operator {cashier} (benevole) has 1 open session(s) not made by the receiver (Caisse 1)"
-                in result.output)
+        assert (f"problem: operator {cashier} (marie.caissiere) has 1 open session(s) not made by the receiver "
+                "(Caisse 1)") in result.output
         # The cashier as operator on the cashier's own register: both refused (a replay would lock that till).
-        both = with_recyclic_sink(paheko_config(full_mapping(operator=cashier, register=MAIN_REGISTER.id)),
+        both = with_recyclic_sink(paheko_config(full_mapping(operator=cashier, register=LIVE_REGISTER.id)),
                                   recyclic.url)
         result = invoke("--config", str(both), "mapping", "check", "--source", "lab")
         assert result.exit_code == 1 and result.output.count("problem: ") == 2, result.output
         # A session the receiver opened (its sales carry Paheko notes) is not live use.
+        token = httpx.post(f"{recyclic.url}/v1/auth/login", json={
+            "username": MACHINE_USER.username, "password": MACHINE_USER.password}).json()["access_token"]
         headers = {"Authorization": f"Bearer {token}"}
         replayed = httpx.post(f"{recyclic.url}/v1/cash-sessions/", headers=headers, json={
             "operator_id": replay_operator, "site_id": MAIN_SITE.id, "register_id": REPLAY_REGISTER.id,
