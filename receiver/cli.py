@@ -1,7 +1,8 @@
-"""The ``paheko-recyclic`` command: a Flask CLI group holding the project's own commands.
+"""The ``paheko-recyclic`` command: one plain click application holding the project's own commands.
 
-The configuration comes from ``--config FILE`` or ``$PAHEKO_RECYCLIC_CONFIG``. Flask's own commands
-(``run``, ``routes``, ``shell``) work on the same app.
+The configuration comes from ``--config FILE`` or ``$PAHEKO_RECYCLIC_CONFIG``; commands that need the
+receiver's services (ledger, metrics) build the app on first use (:mod:`receiver.commands.context`).
+Logs go to stderr, the commands' own output to stdout.
 """
 
 from __future__ import annotations
@@ -14,37 +15,21 @@ from importlib import resources
 from pathlib import Path
 
 import click
-from flask.cli import FlaskGroup, NoAppException
 
 from receiver import __version__
-from receiver.commands.context import config_from_context, config_path, remember_config
+from receiver.commands.context import config_path, remember_config
+from receiver.commands.examples import add_examples
 from receiver.config import CONFIG_ENV, ConfigError, load_config
 
 
-def _create_app():
-    from receiver.app import create_app
-
-    try:
-        return create_app(config_from_context())
-    except click.ClickException as exc:
-        raise NoAppException(exc.message) from None
-
-
-class ReceiverGroup(FlaskGroup):
-    """A FlaskGroup whose ``--help`` works without a configuration: the app adds no commands."""
+class ReceiverGroup(click.Group):
+    """Commands listed in alphabetical order, every one with an example."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(self.commands)
 
 
-@click.group(
-    cls=ReceiverGroup,
-    create_app=_create_app,
-    add_version_option=False,
-    load_dotenv=False,
-    set_debug_flag=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+@click.group(cls=ReceiverGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "--config",
     metavar="FILE",
@@ -84,7 +69,7 @@ def render_example_config(**values: str) -> str:
     return string.Template(template).substitute({**defaults, **values})
 
 
-@main.command(with_appcontext=False)
+@main.command()
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default="paheko-recyclic.toml")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def init(path: Path, force: bool) -> None:
@@ -102,39 +87,87 @@ def init(path: Path, force: bool) -> None:
     click.echo(f"Wrote {path}. Edit it, then run: paheko-recyclic --config {path} check-config")
 
 
-@main.command("check-config", with_appcontext=False)
-def check_config() -> None:
-    """Validate the configuration and print every problem at once (exit 1 if any)."""
-    from receiver.sinks.registry import kind_of
+#: Values `init` writes for the operator to replace; a configuration still holding one is not ready.
+PLACEHOLDERS = ("example.org", "example.com", "example.net", "change-me")
 
+
+def placeholder_problems(document: object, prefix: str = "") -> list[str]:
+    """Every value of the parsed TOML document still holding a placeholder of the example."""
+    problems: list[str] = []
+    if isinstance(document, dict):
+        for key, value in document.items():
+            problems += placeholder_problems(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(document, list):
+        for index, value in enumerate(document):
+            problems += placeholder_problems(value, f"{prefix}[{index}]")
+    elif isinstance(document, str):
+        text = document.strip()
+        if any(p in text.lower() for p in PLACEHOLDERS) or (text.startswith("<") and text.endswith(">")):
+            problems.append(f"{prefix}: still the example's placeholder {text!r}: put the real value")
+    return problems
+
+
+def _document(path: str | None) -> dict:
+    import os
+    import tomllib
+
+    chosen = path or os.environ.get(CONFIG_ENV)
     try:
-        config = load_config(config_path())
+        return tomllib.loads(Path(chosen).expanduser().read_text(encoding="utf-8")) if chosen else {}
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}  # load_config reports it
+
+
+@main.command("check-config")
+@click.option("--online", is_flag=True, help="Also reach each source's Paheko (SELECT 1 through /api/sql) and its sink.")
+def check_config(online: bool) -> None:
+    """Validate the configuration and print every problem at once (exit 1 if any).
+
+    Problems include values left from `init`'s example (example.org addresses, "change-me").
+    With --online, each Paheko and each sink is contacted too; nothing is written anywhere.
+    """
+    path = config_path()
+    placeholders = placeholder_problems(_document(path))
+    try:
+        config = load_config(path)
     except ConfigError as exc:
-        click.echo(f"Configuration {exc.path or ''} has {len(exc.problems)} problem(s):", err=True)
-        for problem in exc.problems:
+        problems = sorted({*exc.problems, *placeholders})
+        click.echo(f"Configuration {exc.path or ''} has {len(problems)} problem(s):", err=True)
+        for problem in problems:
             click.echo(f"  - {problem}", err=True)
         sys.exit(1)
-    click.echo(f"Configuration {config.path} is valid.")
+    click.echo(f"Configuration {config.path}:")
     click.echo(f"  ledger: {_redact_url(config.receiver.ledger_url)}")
     for warning in proxy_warnings(config):
         click.echo(f"  warning: {warning}", err=True)
-    problems = 0
+    problems = list(placeholders)
     for source in config.sources.values():
         click.echo(
             f"  source {source.name}: Paheko {source.paheko.url} (key {source.paheko.api_user}), "
             f"webhook user {source.webhook[0].user}, time zone {source.timezone.key}"
         )
         m = source.mapping
-        sink = kind_of(source.sink) if source.sink else "none configured (sessions wait until a [sink] table is added)"
         click.echo(f"    mapping: profile {m.profile}, {len(m.locations)} location(s), {len(m.categories)} "
-                   f"category(ies), {len(m.methods)} method(s); sink: {sink}")
+                   f"category(ies), {len(m.methods)} method(s); sink: {_sink_label(source.sink)}")
         for finding in _mapping_findings(source):
-            problems += finding.level == "problem"
             click.echo(f"    {finding.level}: {finding.text}")
+            if finding.level == "problem":
+                problems.append(f"sources.{source.name}.mapping: {finding.text} "
+                                f"(`paheko-recyclic mapping check --source {source.name}` verifies it against Paheko and Recyclic)")
+    if online:
+        from receiver.commands.online import check_online
+
+        for source in config.sources.values():
+            for line, ok in check_online(source):
+                click.echo(f"  {'ok ' if ok else 'FAIL'} {source.name}: {line}")
+                if not ok:
+                    problems.append(f"sources.{source.name}: {line}")
     if problems:
-        click.echo(f"{problems} problem(s) in the mappings: see above (`paheko-recyclic mapping check --source NAME` "
-                   "verifies them against Paheko and Recyclic).", err=True)
+        click.echo(f"{len(problems)} problem(s):", err=True)
+        for problem in problems:
+            click.echo(f"  - {problem}", err=True)
         sys.exit(1)
+    click.echo("The configuration is valid." + (" Paheko and the sinks answer." if online else ""))
 
 
 def _mapping_findings(source):
@@ -145,7 +178,13 @@ def _mapping_findings(source):
     return settings_findings(source.mapping, pin_configured=None if sink is None else sink.pin is not None)
 
 
-@main.command("run", with_appcontext=False)
+def _sink_label(sink: object) -> str:
+    from receiver.sinks.registry import kind_of
+
+    return kind_of(sink) if sink else "none configured (sessions wait until a [sink] table is added)"
+
+
+@main.command("run")
 @click.option("--bind", metavar="HOST:PORT", default=None,
               help="Address to listen on. Default: $PAHEKO_RECYCLIC_BIND, else 127.0.0.1:8000.")
 @click.option("--threads", type=click.IntRange(1, 64), default=None,
@@ -156,9 +195,10 @@ def run(bind: str | None, threads: int | None) -> None:
     Requests are read whole by the I/O loop before a thread handles them, so slow or stalled
     clients cost no thread; see receiver/serve.py and deploy/README.md. SIGTERM or Ctrl-C stops it.
     """
+    from receiver.commands.context import current_app
     from receiver.serve import ServeOptions, serve
 
-    app = _create_app()
+    app = current_app()
     options = ServeOptions.from_environment(app.config["MAX_CONTENT_LENGTH"], bind=bind, threads=threads)
     serve(app, options)
 
@@ -197,7 +237,7 @@ def _redact_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-@main.group(cls=click.Group)
+@main.group(cls=ReceiverGroup)
 def dev() -> None:
     """Local stand-ins of Paheko and Recyclic, for tests, demos and replaying a backup."""
 
@@ -220,6 +260,7 @@ def _register_subcommands() -> None:
     main.add_command(mapping_group)
     dev.add_command(paheko_command)
     dev.add_command(recyclic_command)
+    add_examples(main)
 
 
 _register_subcommands()

@@ -231,18 +231,27 @@ class ConfigSchema(_Strict):
         validate=validate.Length(min=1, error="declare at least one [sources.NAME] table"),
     )
 
-    @validates_schema
-    def webhook_users_are_unique(self, data, **kwargs):
+    @validates_schema(pass_original=True, skip_on_field_errors=False)
+    def webhook_users_are_unique(self, data, original, **kwargs):
+        # Read from the original document, so a duplicate is reported together with any other problem.
         seen: dict[str, str] = {}
-        for name, source in data.get("sources", {}).items():
-            for cred in source["webhook"]:
-                if cred.user in seen and seen[cred.user] != name:
+        sources = original.get("sources") if isinstance(original, dict) else None
+        for name, source in (sources.items() if isinstance(sources, dict) else ()):
+            webhook = source.get("webhook") if isinstance(source, dict) else None
+            if not isinstance(webhook, dict):
+                continue
+            previous = webhook.get("previous") if isinstance(webhook.get("previous"), list) else []
+            users = [webhook.get("user")] + [p.get("user") for p in previous if isinstance(p, dict)]
+            for user in users:
+                if not isinstance(user, str):
+                    continue
+                if user in seen and seen[user] != name:
                     raise ValidationError(
-                        f"webhook user {cred.user!r} is used by sources {seen[cred.user]!r} and {name!r}: "
+                        f"webhook user {user!r} is used by sources {seen[user]!r} and {name!r}: "
                         "it identifies the source, so it must be unique",
                         "sources",
                     )
-                seen[cred.user] = name
+                seen[user] = name
 
 
 def _flatten(messages: Any, prefix: str = "") -> list[str]:

@@ -132,25 +132,61 @@ class Stack:
         self.ledger.close()
 
 
-def _wait(ledger: Ledger, sessions: list[int], timeout: float, echo) -> dict[int, object]:
-    seen: dict[int, str] = {}
+def _wait(ledger: Ledger, sessions: list[int], timeout: float) -> dict[int, object]:
+    """The sessions' entries once all are settled (or at ``timeout``)."""
     deadline = time.monotonic() + timeout
     entries: dict = {}
     while time.monotonic() < deadline:
         entries = ledger.get_many("lab", sessions)
-        for session_id, entry in sorted(entries.items()):
-            if seen.get(session_id) != entry.state.value:
-                seen[session_id] = entry.state.value
-                echo(f"  session {session_id}: {entry.state.value} — {entry.state.label}")
         if len(entries) == len(sessions) and all(e.state in SETTLED for e in entries.values()):
             break
         time.sleep(0.05)
     return entries
 
 
+#: How a session came to the receiver, by ledger origin.
+FOUND_BY = {"module": "notification", "poller": "poll", "backfill": "backfill"}
+#: A marker left in the work folder, so that a later run may empty it (and only such a folder).
+MARKER = ".paheko-recyclic-demo"
+
+
+def _demo_file(path: Path) -> bool:
+    """A file an earlier demo (before the marker existed) leaves in its folder."""
+    return path.is_file() and (path.name in ("paheko.sqlite", "config.toml")
+                               or path.name.startswith("ledger.sqlite") or path.name.startswith("forwarded-"))
+
+
+def prepare_workdir(workdir: Path) -> None:
+    """An empty work folder: created, or emptied if an earlier demo made it; any other non-empty folder is refused."""
+    if workdir.exists() and not workdir.is_dir():
+        raise click.ClickException(f"{workdir} is a file, not a folder")
+    if workdir.is_dir() and any(workdir.iterdir()):
+        if not (workdir / MARKER).is_file() and not all(_demo_file(p) for p in workdir.iterdir()):
+            raise click.ClickException(
+                f"{workdir} is not empty and was not made by the demo: choose another --workdir "
+                "(the demo never deletes files it did not create)")
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / MARKER).write_text("Made by `paheko-recyclic demo`; the next demo run empties this folder.\n")
+
+
+def _pipeline_lines(entries: dict, ledger: Ledger) -> list[str]:
+    """Per session, in session order: how it was found and the states it went through (from the ledger)."""
+    lines = []
+    for session_id, entry in sorted(entries.items()):
+        states: list[str] = []
+        for change in ledger.history(entry.id):
+            if not states or states[-1] != change["to_state"]:
+                states.append(change["to_state"])
+        found = FOUND_BY.get(entry.origin, entry.origin)
+        lines.append(f"  session {session_id} (found by {found}): {' → '.join(states)}")
+    return lines
+
+
 @click.command()
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".paheko-recyclic/demo"),
-              show_default=True, help="Where the demo keeps its Paheko copy, configuration and ledger.")
+              show_default=True, help="Where the demo keeps its Paheko copy, configuration and ledger. "
+              "It must be empty, absent, or made by an earlier demo (which is then emptied).")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the sessions to settle.")
 def demo(workdir: Path, timeout: float) -> None:
     """Run the whole pipeline locally on bundled data and show what reached Recyclic.
@@ -160,9 +196,7 @@ def demo(workdir: Path, timeout: float) -> None:
     poller find session 1 on its own, and prints a table per session. Nothing to install or configure.
     """
     workdir = workdir.resolve()
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
+    prepare_workdir(workdir)
     db = workdir / "paheko.sqlite"
     with resources.as_file(resources.files("receiver").joinpath("dev/data/paheko-caisse.sqlite")) as bundled:
         shutil.copy(bundled, db)
@@ -186,15 +220,18 @@ def demo(workdir: Path, timeout: float) -> None:
     click.echo(f"  Recyclic {recyclic.url}/v1  (profile v2)")
     click.echo(f"  receiver {receiver.url}/api/paheko/caisse/v1/session-closed")
     try:
-        click.echo("\nThe Paheko module notifies session 2 (twice, like a double click):")
+        click.echo("\nThe Paheko module notifies session 2 (twice, like a double click); the receiver answers")
+        click.echo("in French, as the Paheko admin reads it in the module:")
         for _ in range(2):
             answer = send(CapturedRequest.from_payload(module_payload(db, 2)), receiver.url, webhook).json()
-            click.echo(f"  → {answer['message']} (état : {answer['state_label']})")
+            click.echo(f"  → « {answer['message']} »")
         click.echo("Session 1 is not notified: the reconciliation poller must find it.\n")
         runner.start()
-        click.echo("Pipeline:")
-        entries = _wait(ledger, [1, 2], timeout, click.echo)
+        entries = _wait(ledger, [1, 2], timeout)
         runner.stop()  # let the worker finish its step before the report reads the ledger
+        click.echo("Pipeline (states recorded in the ledger):")
+        for line in _pipeline_lines(entries, ledger):
+            click.echo(line)
         _report(entries, ledger, recyclic_app, click.echo)
         click.echo(f"\nConfiguration: {config_path}\nLedger:        {workdir / 'ledger.sqlite'}")
         click.echo(f"Look closer:   python3 dev.py -- --config {config_path} ledger show lab:1")
@@ -204,12 +241,18 @@ def demo(workdir: Path, timeout: float) -> None:
         stack.close()
 
 
+def _amount(cents: int) -> str:
+    sign = "-" if cents < 0 else ""
+    return f"{sign}{abs(cents) // 100}.{abs(cents) % 100:02d} €"
+
+
 def _report(entries: dict, ledger: Ledger, recyclic_app, echo) -> None:
-    """One line per session: what Paheko holds, what Recyclic now holds, what was left out and why."""
+    """One line per session: what Paheko holds, what Recyclic now holds, what was left out; reasons below."""
+    from receiver.commands.ledger import table
     from receiver.sinks.recyclic.mapping.model import load_mapped
 
     store = recyclic_app.store
-    echo("\nsession  found by   Paheko: tickets / total       Recyclic: sales / total / weight   left out  state")
+    rows, reasons = [], []
     for session_id, entry in sorted(entries.items()):
         snapshot = entry.snapshot or {}
         mapped = load_mapped(entry.mapped) if entry.mapped else None
@@ -220,9 +263,20 @@ def _report(entries: dict, ledger: Ledger, recyclic_app, echo) -> None:
         paheko_tabs = len(snapshot.get("tabs", []))
         paheko_total = snapshot.get("totals", {}).get("items_total", 0)
         left_out = sum(p.amount_cents for p in mapped.skipped if p.item_id is not None) if mapped else 0
-        echo(f"{session_id:>7}  {entry.origin:<8}  {paheko_tabs:>7} / {euros(paheko_total):>11}"
-             f"       {len(sales):>5} / {euros(total):>10} / {grams / 1000:6.3f} kg  {euros(left_out):>10}  {entry.state.value}")
+        rows.append([str(session_id), FOUND_BY.get(entry.origin, entry.origin), str(paheko_tabs), _amount(paheko_total),
+                     str(len(sales)), _amount(total), f"{grams / 1000:.3f} kg", _amount(left_out), entry.state.value])
         if entry.reason and entry.state != State.FORWARDED:
-            echo(f"         reason: {entry.reason}")
+            reasons.append(f"  session {session_id}: {entry.reason}")
         for reason in dict.fromkeys(part.reason for part in (mapped.skipped if mapped else ())):
-            echo(f"         left out: {reason}")
+            reasons.append(f"  session {session_id}: {reason}")
+    headers = ["session", "found by", "Paheko tickets", "Paheko total", "Recyclic sales", "Recyclic total",
+               "weight", "left out", "state"]
+    echo("")
+    echo(table(headers, rows, width=200, wrap=len(headers) - 1))
+    echo("\nPaheko total = Recyclic total + left out. \"left out\" is what Recyclic cannot receive and was")
+    echo("recorded instead of sent (refund lines, tickets no longer balanced without them); it is negative")
+    echo("when a refund was left out (Recyclic then holds more than Paheko's net total).")
+    if reasons:
+        echo("\nWhy, as recorded in the ledger and shown to the Paheko admin (in French):")
+        for line in reasons:
+            echo(line)

@@ -1,4 +1,4 @@
-"""Structured logs: one JSON object per line on standard output, never a secret.
+"""Logs on standard error, never a secret: one JSON object per line for services, readable lines at a terminal.
 
 Every record carries ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``event`` and ``message``, plus
 whatever the caller passed in ``extra=`` (``source``, ``session_id``, ``state``, ``duration_ms``, …).
@@ -6,7 +6,10 @@ Before a line is written, every configured secret value, every :class:`~receiver
 ``Authorization``/``Basic``/``Bearer`` credentials and passwords inside URLs are replaced by ``***``.
 
 The receiver (app factory, and its server: ``receiver.serve``) and the worker all log through
-:class:`JsonFormatter`; :func:`configure_logging` installs it for the process.
+:class:`JsonFormatter`; :func:`configure_logging` installs it for the process. Standard output is left
+to the commands' own output (tables, progress), so logs never break it. When standard error is a
+terminal, :class:`ReadableFormatter` writes ``HH:MM:SS level message key=value`` instead (same
+masking); ``$PAHEKO_RECYCLIC_LOG_FORMAT`` (``json`` or ``text``) overrides the choice.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 from receiver.config import Config, Secret
 
 LOG_LEVEL_ENV = "PAHEKO_RECYCLIC_LOG_LEVEL"
+LOG_FORMAT_ENV = "PAHEKO_RECYCLIC_LOG_FORMAT"
 MASK = "***"
 
 #: Attributes every LogRecord has; anything else on a record came from ``extra=``.
@@ -102,33 +106,60 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
-class _StdoutHandler(logging.StreamHandler):
-    """A stream handler bound to whatever ``sys.stdout`` is at emit time (redirections, test capture)."""
+class ReadableFormatter(JsonFormatter):
+    """The same record as :class:`JsonFormatter`, as one line for a person: time, level, message, fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = json.loads(super().format(record))
+        moment = datetime.fromisoformat(line.pop("time")).astimezone().strftime("%H:%M:%S")
+        level, message = line.pop("level"), line.pop("message")
+        exception = line.pop("exception", None)
+        for key in ("logger", "event"):
+            line.pop(key, None)
+        extra = " ".join(f"{k}={v}" for k, v in line.items() if v is not None)
+        text = f"{moment} {level:<7} {message}" + (f"  [{extra}]" if extra else "")
+        return text + (f"\n{exception}" if exception else "")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler bound to whatever ``sys.stderr`` is at emit time (redirections, test capture)."""
 
     def __init__(self) -> None:
-        super().__init__(sys.stdout)
+        super().__init__(sys.stderr)
 
     @property
     def stream(self):
-        return sys.stdout
+        return sys.stderr
 
     @stream.setter
     def stream(self, _value) -> None:
         pass
 
 
-def configure_logging(config: Config | None = None, *, level: str | int | None = None) -> logging.Handler:
-    """Write log records to stdout as JSON, masking ``config``'s secrets.
+def wants_readable_logs() -> bool:
+    """Readable lines for a person at a terminal, JSON for journald, docker and files."""
+    chosen = os.environ.get(LOG_FORMAT_ENV, "").lower()
+    if chosen in ("json", "text"):
+        return chosen == "text"
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
-    The handler sits on the root logger, so libraries' warnings come out as JSON too; the level
+
+def configure_logging(config: Config | None = None, *, level: str | int | None = None) -> logging.Handler:
+    """Write log records to stderr (JSON, or readable at a terminal), masking ``config``'s secrets.
+
+    The handler sits on the root logger, so libraries' warnings come out the same way; the level
     (``level``, else ``$PAHEKO_RECYCLIC_LOG_LEVEL``, else INFO) applies to the ``receiver`` loggers,
     libraries stay at the root's level (WARNING). Idempotent: a second call replaces the handler.
     """
     root = logging.getLogger()
-    for old in [h for h in root.handlers if isinstance(h, _StdoutHandler)]:
+    for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
         root.removeHandler(old)
-    handler = _StdoutHandler()
-    handler.setFormatter(JsonFormatter(secrets_of(config) if config else ()))
+    handler = _StderrHandler()
+    secrets = secrets_of(config) if config else ()
+    handler.setFormatter(ReadableFormatter(secrets) if wants_readable_logs() else JsonFormatter(secrets))
     root.addHandler(handler)
     chosen = level or os.environ.get(LOG_LEVEL_ENV, "INFO")
     logging.getLogger("receiver").setLevel(chosen.upper() if isinstance(chosen, str) else chosen)

@@ -171,7 +171,7 @@ def test_receiver_logs_one_json_event_per_line_without_secrets(client, capsys):
     capsys.readouterr()
     assert post(client, GOOD, basic(SECOND_USER, SECOND_PASSWORD)).status_code == 201
     assert post(client, GOOD, basic(SECOND_USER, SECOND_PASSWORD + "x")).status_code == 403
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     lines = [json.loads(line) for line in out.splitlines() if line.strip()]
     [accepted] = [line for line in lines if line["event"] == "notification"]
     assert accepted["source"] == "other" and accepted["session_id"] == 2 and accepted["state"] == "notified"

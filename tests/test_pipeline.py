@@ -276,18 +276,42 @@ def test_duplicate_notifications_racing_the_poller(pipeline):
     assert_exactly_once(pipeline)
 
 
-def test_demo_command_runs_the_whole_pipeline(tmp_path):
+def test_demo_command_runs_the_whole_pipeline_and_says_the_same_every_run(tmp_path):
+    import re
+
     from click.testing import CliRunner
 
     from receiver.cli import main
 
-    result = CliRunner().invoke(main, ["demo", "--workdir", str(tmp_path / "demo")], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
-    [one] = [line for line in lines if line.strip().startswith("1  poller")]
-    [two] = [line for line in lines if line.strip().startswith("2  module")]
-    assert "124,50 €" in one and "127,50 €" in one and "-3,00 €" in one and one.endswith("forwarded")
-    # Ticket 9 (chair 12,00 € + return -3,00 €): the chair is forwarded, the return left out.
-    assert "72,90 €" in two and "75,90 €" in two and "-3,00 €" in two and two.endswith("forwarded")
-    assert "Session 2 déjà reçue" in result.output
+    outputs = []
+    for _ in range(2):  # the second run reuses (empties) the folder the first one made
+        result = CliRunner().invoke(main, ["demo", "--workdir", str(tmp_path / "demo")], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        outputs.append(re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", result.output))
+    assert outputs[0] == outputs[1]
+    lines = outputs[0].splitlines()
+    [one] = [line for line in lines if re.match(r"1 +poll ", line)]
+    [two] = [line for line in lines if re.match(r"2 +notification ", line)]
+    assert "124.50 €" in one and "127.50 €" in one and "-3.00 €" in one and one.endswith("forwarded")
+    # Ticket 9 (chair 12.00 € + return -3.00 €): the chair is forwarded, the return left out.
+    assert "72.90 €" in two and "75.90 €" in two and "-3.00 €" in two and two.endswith("forwarded")
+    assert "session 1 (found by poll): notified → snapshot → mapped → forwarded" in lines[lines.index(
+        "Pipeline (states recorded in the ledger):") + 1]
+    assert "Paheko total = Recyclic total + left out" in outputs[0]
+    assert "Session 2 déjà reçue" in outputs[0]
+    header = next(line for line in lines if line.startswith("session  found by"))
+    assert not re.search(r"[éèàç«»]", header + one + two)  # the table is English; French reasons come below
     assert (tmp_path / "demo" / "ledger.sqlite").exists()
+
+
+def test_demo_refuses_a_folder_it_did_not_make(tmp_path):
+    from click.testing import CliRunner
+
+    from receiver.cli import main
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    result = CliRunner().invoke(main, ["demo", "--workdir", str(mine)])
+    assert result.exit_code == 1 and "not empty and was not made by the demo" in result.output
+    assert (mine / "notes.txt").read_text() == "precious" and len(list(mine.iterdir())) == 1

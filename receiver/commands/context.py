@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import click
-from flask.cli import ScriptInfo
 
 from receiver.config import Config, ConfigError, load_config
+
+_APP = "paheko_recyclic.app"
 
 
 def remember_config(ctx: click.Context, _param, value: str | None) -> str | None:
@@ -28,9 +29,21 @@ def config_from_context() -> Config:
         raise click.ClickException(str(exc)) from None
 
 
+def current_app():
+    """The receiver app for this invocation, built once (migrating the ledger) and closed with it."""
+    from receiver.app import create_app
+    from receiver.services import EXTENSION
+
+    ctx = click.get_current_context()
+    app = ctx.meta.get(_APP)
+    if app is None:
+        app = ctx.meta[_APP] = create_app(config_from_context())
+        ctx.find_root().call_on_close(app.extensions[EXTENSION].ledger.close)
+    return app
+
+
 def current_app_services():
     """The services of the CLI's app (ledger, config, metrics), loading the app on first use."""
     from receiver.services import EXTENSION
 
-    info = click.get_current_context().ensure_object(ScriptInfo)
-    return info.load_app().extensions[EXTENSION]
+    return current_app().extensions[EXTENSION]

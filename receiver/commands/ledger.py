@@ -29,10 +29,24 @@ def local(moment: datetime | None, zone: tzinfo | None) -> str:
     return moment.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def table(headers: list[str], rows: list[list[str]]) -> str:
+def table(headers: list[str], rows: list[list[str]], *, width: int | None = None, wrap: int | None = None) -> str:
+    """Columns aligned; the ``wrap`` column (default: the last) wraps on words to fit ``width``
+    (default: the terminal's, 100 when not a terminal) instead of being cut."""
+    import shutil
+    import textwrap
+
+    width = width or shutil.get_terminal_size((100, 24)).columns
+    wrap = len(headers) - 1 if wrap is None else wrap
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    others = sum(w for i, w in enumerate(widths) if i != wrap) + 2 * (len(headers) - 1)
+    widths[wrap] = max(len(headers[wrap]), min(widths[wrap], max(24, width - others)))
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+    out = [line(headers), line(["-" * w for w in widths])]
+    for row in rows:
+        pieces = textwrap.wrap(row[wrap], widths[wrap], break_on_hyphens=False) or [""]
+        out.append(line([*row[:wrap], pieces[0], *row[wrap + 1:]]))
+        out.extend(line(["" if i != wrap else piece for i in range(len(headers))]) for piece in pieces[1:])
+    return "\n".join(out)
 
 
 @ledger_group.command("list")
@@ -49,7 +63,7 @@ def list_entries(source: str | None, states: tuple[str, ...], limit: int) -> Non
         return
     rows = [
         [str(e.id), e.source, str(e.session_id), e.state.value, local(e.created_at, _zone(e.source)),
-         local(e.updated_at, _zone(e.source)), str(e.attempts), (e.reason or "")[:60]]
+         local(e.updated_at, _zone(e.source)), str(e.attempts), e.reason or ""]
         for e in entries
     ]
     click.echo(table(["entry", "source", "session", "state", "first seen", "updated", "tries", "reason"], rows))

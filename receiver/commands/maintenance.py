@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -16,11 +17,17 @@ def maintenance_group() -> None:
     """Back up, restore and prune the ledger."""
 
 
-def _run(operation, *args, **kwargs):
-    try:
-        return operation(*args, **kwargs)
-    except MaintenanceError as exc:
-        raise click.ClickException(str(exc)) from None
+def _run(operation, *args, label: str, **kwargs):
+    """Run a maintenance operation with a progress bar on stderr (pages copied, rows pruned)."""
+    with click.progressbar(length=1, label=label, file=sys.stderr, show_percent=True) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.length = max(total, 1)
+            bar.update(done - bar.pos)
+
+        try:
+            return operation(*args, progress=progress, **kwargs)
+        except MaintenanceError as exc:
+            raise click.ClickException(str(exc)) from None
 
 
 @maintenance_group.command("backup")
@@ -28,7 +35,7 @@ def _run(operation, *args, **kwargs):
 @click.option("--force", is_flag=True, help="Replace DESTINATION if it exists.")
 def backup_command(destination: Path, force: bool) -> None:
     """Copy the SQLite ledger to DESTINATION while everything keeps running."""
-    copied = _run(backup, config_from_context().receiver.ledger_url, destination, force=force)
+    copied = _run(backup, config_from_context().receiver.ledger_url, destination, force=force, label="Copying")
     click.echo(f"Backed up the ledger (schema {copied.schema_version}, {copied.entries} entries) to {copied.path}.")
 
 
@@ -37,7 +44,8 @@ def backup_command(destination: Path, force: bool) -> None:
 @click.option("--force", is_flag=True, help="Overwrite the existing ledger (stop the receiver and the worker first).")
 def restore_command(backup_file: Path, force: bool) -> None:
     """Restore the SQLite ledger from FILE (a `maintenance backup`), then migrate it."""
-    restored, safety = _run(restore, backup_file, config_from_context().receiver.ledger_url, force=force)
+    restored, safety = _run(restore, backup_file, config_from_context().receiver.ledger_url, force=force,
+                            label="Restoring")
     if safety:
         click.echo(f"The previous ledger was copied to {safety}.")
     click.echo(f"Restored {restored.path} (schema {restored.schema_version}, {restored.entries} entries).")
@@ -53,7 +61,7 @@ def prune_command(days: int | None) -> None:
     ledger = Ledger(config.receiver.ledger_url)
     try:
         ledger.migrate()
-        cleared = prune_raw_bodies(ledger, days)
+        cleared = _run(prune_raw_bodies, ledger, days, label="Pruning")
     finally:
         ledger.close()
     click.echo(f"Cleared the raw body of {cleared} notification(s) older than {days} days.")

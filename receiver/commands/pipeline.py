@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
+import sys
 import threading
-from datetime import date, datetime
+from datetime import datetime
 
 import click
 
@@ -30,41 +32,66 @@ def _worker(sinks=None):
     return Worker(svc.config, svc.ledger, metrics=svc.metrics, sinks=sinks)
 
 
+def _poll_with_progress(src, worker) -> object:
+    """One poll pass; a progress bar when the history to scan is long (first pass on an old till)."""
+    from receiver.reread.poller import PAGE, count_to_scan, poll_source
+
+    client = worker.client(src)
+    total = count_to_scan(src, client, worker.ledger)
+    if total <= PAGE:
+        return poll_source(src, client, worker.ledger)
+    with click.progressbar(length=total, label=f"{src.name}: scanning", show_pos=True, file=sys.stderr) as bar:
+        return poll_source(src, client, worker.ledger, progress=bar.update)
+
+
 @click.command()
-@click.option("--once", is_flag=True, required=True, help="Run one pass and exit (the worker polls continuously).")
+@click.option("--once", is_flag=True, help="One pass, then exit (default: a pass every [worker] poll_interval until Ctrl-C).")
 @click.option("--source", help="Only this source.")
 def poll(once: bool, source: str | None) -> None:
     """Find closed sessions in Paheko that no notification announced, and queue them.
 
-    The worker runs this every [worker] poll_interval seconds; use it by hand to check a source.
+    The worker already does this every [worker] poll_interval seconds; run it by hand to check a
+    source (--once), or alone to queue sessions without processing them. Queued sessions are
+    processed by the worker.
     """
     from receiver.reread.client import PahekoError
-    from receiver.reread.poller import poll_source
 
     worker = _worker()
+    stop = threading.Event()
+    if not once:
+        _stop_on_signals(stop)
     failed = False
     try:
-        for src in _sources(source):
-            try:
-                report = poll_source(src, worker.client(src), worker.ledger)
-            except PahekoError as exc:
-                click.echo(f"{src.name}: poll failed: {exc}", err=True)
-                failed = True
-                continue
-            found = ", ".join(map(str, report.found)) or "none"
-            click.echo(f"{src.name}: scanned {report.scanned} session(s) from id {report.watermark_before} "
-                       f"in {report.requests} request(s); new: {found}; next pass starts at id {report.watermark_after}"
-                       + (f", watching open session(s) {', '.join(map(str, report.open))}" if report.open else ""))
+        while True:
+            for src in _sources(source):
+                try:
+                    report = _poll_with_progress(src, worker)
+                except PahekoError as exc:
+                    click.echo(f"{src.name}: poll failed: {exc}", err=True)
+                    failed = True
+                    continue
+                found = ", ".join(map(str, report.found)) or "none"
+                click.echo(f"{src.name}: scanned {report.scanned} session(s) from id {report.watermark_before} "
+                           f"in {report.requests} request(s); new: {found}; next pass starts at id {report.watermark_after}"
+                           + (f", watching open session(s) {', '.join(map(str, report.open))}" if report.open else ""))
+            if once or stop.wait(worker.config.worker.poll_interval):
+                break
     finally:
         worker.close()
-    if failed:
+    if failed and once:
         raise SystemExit(1)
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
 
 
 @click.command()
 @click.option("--once", is_flag=True, help="Poll every source, process everything due, then exit.")
-@click.option("--threads", default=1, show_default=True,
-              help="Entries of one source processed in parallel (each source has its own threads).")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1, 32),
+              help="Entries of one source processed in parallel (each source has its own threads; "
+                   "with --once, entries processed in parallel).")
 def worker(once: bool, threads: int) -> None:
     """Drive ledger entries to Recyclic: re-read, map, forward; and poll every source.
 
@@ -72,22 +99,37 @@ def worker(once: bool, threads: int) -> None:
     Safe to run several times at once (processes, machines sharing a PostgreSQL ledger): an entry is
     claimed by one worker at a time. Stops within 10 s on SIGTERM / Ctrl-C.
     """
+    from receiver.sinks.registry import SinkPool
+
+    svc = current_app_services()
     if once:
-        w = _worker()
+        sinks = SinkPool(svc.ledger)  # one per process: threads share each sink and its login
+        workers = [_worker(sinks) for _ in range(threads)]
+        counts = [0] * threads
         try:
-            w.poll_due_sources(force=True)
-            steps = w.run_once()
+            workers[0].poll_due_sources(force=True)
+
+            def drain(i: int) -> None:
+                counts[i] = workers[i].run_once()
+
+            runners = [threading.Thread(target=drain, args=(i,), name=f"worker-{i}") for i in range(threads)]
+            for runner in runners:
+                runner.start()
+            for runner in runners:
+                runner.join()
         finally:
-            w.close()
-        click.echo(f"Processed {steps} entr{'y' if steps == 1 else 'ies'}.")
+            for w in workers:
+                w.close()
+            sinks.close()
+        steps = sum(counts)
+        click.echo(f"Processed {steps} entr{'y' if steps == 1 else 'ies'}"
+                   + (f" with {threads} threads." if threads > 1 else "."))
         return
     from receiver.runner import STOP_GRACE, Runner
     from receiver.worker import Worker
 
-    svc = current_app_services()
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    _stop_on_signals(stop)
     runner = Runner(svc.config, svc.ledger, threads=threads,
                     make_worker=lambda **kw: Worker(svc.config, svc.ledger, metrics=svc.metrics, **kw)).start()
     click.echo(f"Worker running: {len(svc.config.sources)} source(s), {runner.threads} thread(s) each; "
@@ -135,9 +177,11 @@ def status() -> None:
         stuck = svc.ledger.list(source=src.name, states=[State.HELD, State.FAILED, State.DEAD], limit=20,
                                 documents=False)
         if stuck:
-            rows = [[str(e.session_id), e.state.value, local(e.updated_at, src.timezone), (e.reason or "")[:90]]
+            rows = [[str(e.session_id), e.state.value, local(e.updated_at, src.timezone), e.reason or ""]
                     for e in stuck]
-            click.echo("\n".join("  " + line for line in table(["session", "state", "since", "reason"], rows).splitlines()))
+            width = shutil.get_terminal_size((100, 24)).columns - 2
+            click.echo("\n".join("  " + line for line in table(["session", "state", "since", "reason"], rows,
+                                                                 width=width).splitlines()))
         notes = svc.ledger.recent_notes(src.name, limit=10)
         if notes:
             click.echo("  notes (what the sink did that needs a look, newest first):")
@@ -148,7 +192,8 @@ def status() -> None:
 @click.command()
 @click.option("--source", required=True, help="The source to walk.")
 @click.option("--since", required=True, type=click.DateTime(["%Y-%m-%d"]), help="First closing day (local), YYYY-MM-DD.")
-@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Last closing day (local), inclusive. Default: today.")
+@click.option("--until", type=click.DateTime(["%Y-%m-%d"]),
+              help="Last closing day (local), inclusive. Default: today in the source's time zone.")
 def backfill(source: str, since: datetime, until: datetime | None) -> None:
     """Send every session closed in a date range through the normal pipeline.
 
@@ -158,7 +203,7 @@ def backfill(source: str, since: datetime, until: datetime | None) -> None:
 
     [src] = _sources(source)
     w = _worker()
-    last_day = (until.date() if until else date.today()).isoformat() + " 23:59:59"
+    last_day = (until.date() if until else datetime.now(src.timezone).date()).isoformat() + " 23:59:59"
     try:
         ids: list[int] = []
         after = 0
@@ -174,7 +219,7 @@ def backfill(source: str, since: datetime, until: datetime | None) -> None:
             after = rows[-1]["id"]
         click.echo(f"{len(ids)} closed session(s) in Paheko between {since.date()} and {last_day[:10]}.")
         outcome: dict[str, list[int]] = {}
-        with click.progressbar(ids, label="Backfilling", show_pos=True) as bar:
+        with click.progressbar(ids, label="Backfilling", show_pos=True, file=sys.stderr) as bar:
             for session_id in bar:
                 recorded = w.ledger.record_notification(src.name, session_id, {}, origin="backfill")
                 entry = recorded.entry

@@ -14,11 +14,12 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import and_
+from sqlalchemy import and_, func, select
 from sqlalchemy.engine import make_url
 
 from receiver.ledger import tables as t
@@ -67,14 +68,19 @@ def inspect_ledger(path: Path) -> LedgerFile:
     return LedgerFile(path, int(version[0]), entries)
 
 
-def _copy(source: Path, target: Path) -> None:
+#: ``progress(done, total)``: pages copied, rows pruned… for a progress bar.
+Progress = Callable[[int, int], None]
+
+
+def _copy(source: Path, target: Path, progress: Progress | None = None) -> None:
     """Copy database ``source`` into ``target`` page by page under SQLite's locks (both may be live)."""
+    report = (lambda _status, remaining, total: progress(total - remaining, total)) if progress else None
     with contextlib.closing(sqlite3.connect(f"file:{source}?mode=rw", uri=True, timeout=30)) as src, \
             contextlib.closing(sqlite3.connect(target, timeout=30)) as dst:
-        src.backup(dst)
+        src.backup(dst, pages=1024 if progress else -1, progress=report)
 
 
-def backup(ledger_url: str, destination: Path, *, force: bool = False) -> LedgerFile:
+def backup(ledger_url: str, destination: Path, *, force: bool = False, progress: Progress | None = None) -> LedgerFile:
     """Write a consistent copy of the live SQLite ledger to ``destination``."""
     source = sqlite_path(ledger_url)
     if destination.exists() and not force:
@@ -85,7 +91,7 @@ def backup(ledger_url: str, destination: Path, *, force: bool = False) -> Ledger
     partial = destination.with_name(f".{destination.name}.partial")
     partial.unlink(missing_ok=True)
     try:
-        _copy(source, partial)
+        _copy(source, partial, progress)
         with contextlib.closing(sqlite3.connect(partial)) as conn:
             conn.execute("PRAGMA journal_mode=DELETE")  # a single self-contained file
         copied = inspect_ledger(partial)
@@ -97,7 +103,8 @@ def backup(ledger_url: str, destination: Path, *, force: bool = False) -> Ledger
     return LedgerFile(destination, copied.schema_version, copied.entries)
 
 
-def restore(backup_file: Path, ledger_url: str, *, force: bool = False) -> tuple[LedgerFile, Path | None]:
+def restore(backup_file: Path, ledger_url: str, *, force: bool = False,
+            progress: Progress | None = None) -> tuple[LedgerFile, Path | None]:
     """Copy ``backup_file`` into the configured ledger and migrate it.
 
     Returns the restored ledger and the safety copy of the ledger it replaced (``None`` if none).
@@ -120,7 +127,7 @@ def restore(backup_file: Path, ledger_url: str, *, force: bool = False) -> tuple
             )
         safety = backup(ledger_url, target.with_name(f"{target.name}.before-restore-{utcnow():%Y%m%dT%H%M%SZ}")).path
     target.parent.mkdir(parents=True, exist_ok=True)
-    _copy(backup_file, target)
+    _copy(backup_file, target, progress)
     ledger = Ledger(ledger_url)
     try:
         ledger.migrate()
@@ -129,12 +136,27 @@ def restore(backup_file: Path, ledger_url: str, *, force: bool = False) -> tuple
     return inspect_ledger(target), safety
 
 
-def prune_raw_bodies(ledger: Ledger, days: int, *, now: datetime | None = None) -> int:
-    """Clear ``raw_body`` of notifications received more than ``days`` days ago; how many were cleared."""
+def prune_raw_bodies(ledger: Ledger, days: int, *, now: datetime | None = None,
+                     progress: Progress | None = None, batch: int = 2000) -> int:
+    """Clear ``raw_body`` of notifications received more than ``days`` days ago; how many were cleared.
+
+    Cleared in batches of ``batch`` rows, one short transaction each, so the receiver keeps writing.
+    """
     cutoff = (now or utcnow()) - timedelta(days=days)
-    old = and_(t.notifications.c.received_at < cutoff, t.notifications.c.raw_body.is_not(None))
+    n = t.notifications.c
+    old = and_(n.received_at < cutoff, n.raw_body.is_not(None))
     with ledger.transaction() as conn:
-        return conn.execute(t.notifications.update().where(old).values(raw_body=None)).rowcount
+        total = conn.execute(select(func.count()).select_from(t.notifications).where(old)).scalar_one()
+    cleared = 0
+    while cleared < total:
+        with ledger.transaction() as conn:
+            ids = conn.execute(select(n.id).where(old).order_by(n.id).limit(batch)).scalars().all()
+            if not ids:
+                break
+            cleared += conn.execute(t.notifications.update().where(n.id.in_(ids)).values(raw_body=None)).rowcount
+        if progress:
+            progress(min(cleared, total), total)
+    return cleared
 
 
 # -- commands ---------------------------------------------------------------------------------

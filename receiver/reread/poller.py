@@ -15,6 +15,7 @@ A session deleted in Paheko while open is dropped from the watch list.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from receiver.config import Source
@@ -67,8 +68,22 @@ class PollReport:
     open: list[int] = field(default_factory=list)  # sessions still open, watched by the next pass
 
 
-def poll_source(source: Source, client: PahekoClient, ledger: Ledger, *, origin: str = "poller") -> PollReport:
-    """One reconciliation pass over ``source``; raises :class:`~receiver.reread.client.PahekoError` on failure."""
+def count_to_scan(source: Source, client: PahekoClient, ledger: Ledger) -> int:
+    """How many sessions the next pass will read (one request): the length of a progress bar."""
+    cursor, open_ids, _ = _load_state(ledger, source)
+    wanted = f"id > {sql_int(cursor)}"
+    if open_ids:
+        wanted = f"({wanted} OR id IN ({', '.join(sql_int(i) for i in open_ids)}))"
+    rows = client.sql(f"SELECT COUNT(*) AS n FROM plugin_pos_sessions WHERE {wanted}").rows
+    return int(rows[0]["n"]) if rows else 0
+
+
+def poll_source(source: Source, client: PahekoClient, ledger: Ledger, *, origin: str = "poller",
+                progress: Callable[[int], None] | None = None) -> PollReport:
+    """One reconciliation pass over ``source``; raises :class:`~receiver.reread.client.PahekoError` on failure.
+
+    ``progress`` is called with the number of sessions of each page read (a progress bar's ``update``).
+    """
     cursor, open_ids, stored = _load_state(ledger, source)
     report = PollReport(source.name, watermark_before=cursor + 1, watching_before=list(open_ids))
     after, still_open, highest = 0, [], cursor
@@ -85,6 +100,8 @@ def poll_source(source: Source, client: PahekoClient, ledger: Ledger, *, origin:
             if row["id"] not in known:
                 ledger.record_notification(source.name, row["id"], {"closed": row["closed"]}, origin=origin)
                 report.found.append(row["id"])
+        if progress is not None and rows:
+            progress(len(rows))
         if rows:
             after = rows[-1]["id"]
             highest = max(highest, after)
