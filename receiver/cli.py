@@ -72,14 +72,20 @@ def render_example_config(**values: str) -> str:
 @main.command()
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default="paheko-recyclic.toml")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
-def init(path: Path, force: bool) -> None:
+@click.option("--paheko-url", metavar="URL", help="The organisation's Paheko address (default: a placeholder to replace).")
+@click.option("--paheko-user", metavar="NAME", help="Its read-only API key's name.")
+@click.option("--paheko-password", metavar="SECRET", envvar="PAHEKO_API_PASSWORD",
+              help="That key's secret (or $PAHEKO_API_PASSWORD). Production: move it to an env file after.")
+def init(path: Path, force: bool, paheko_url: str | None, paheko_user: str | None, paheko_password: str | None) -> None:
     """Write a commented example configuration to PATH (default: paheko-recyclic.toml).
 
-    The webhook password is freshly generated; copy it into the Paheko module's settings.
+    The webhook password is freshly generated; copy it into the Paheko module's settings. Values not
+    given stay placeholders that `check-config` points out until they are replaced.
     """
     if path.exists() and not force:
         raise click.ClickException(f"{path} exists already (use --force to overwrite it)")
-    path.write_text(render_example_config(), encoding="utf-8")
+    given = {"paheko_url": paheko_url, "paheko_user": paheko_user, "paheko_password": paheko_password}
+    path.write_text(render_example_config(**{k: v for k, v in given.items() if v}), encoding="utf-8")
     try:
         path.chmod(0o600)
     except OSError:

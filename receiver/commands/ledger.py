@@ -101,6 +101,8 @@ def show(ref: str, source: str | None, raw: bool) -> None:
         click.echo(f"  error:    {entry.last_error}")
     click.echo(f"  origin:   {entry.origin}; tries {entry.attempts}; next try {local(entry.next_attempt_at, zone)}")
     click.echo(f"  summary:  {json.dumps(entry.summary, ensure_ascii=False)}")
+    for line in _both_sides(entry, svc.ledger):
+        click.echo(line)
     click.echo("History:")
     for change in svc.ledger.history(entry.id):
         arrow = f"{change['from_state'] or '∅'} → {change['to_state']}"
@@ -121,6 +123,45 @@ def show(ref: str, source: str | None, raw: bool) -> None:
         click.echo(f"  {local(n['received_at'], zone)}  {n['origin']:<8} {n['outcome']:<9} from {n['remote_addr'] or '-'}")
         if raw and n["raw_body"]:
             click.echo(f"    {n['raw_body']}")
+
+
+def _amount(cents: int) -> str:
+    sign = "-" if cents < 0 else ""
+    return f"{sign}{abs(cents) // 100}.{abs(cents) % 100:02d} €"
+
+
+def _both_sides(entry: Entry, ledger) -> list[str]:
+    """What Paheko holds, what the sink received (its ids), what was left out and whether it adds up."""
+    from receiver.mapping.model import load_mapped
+
+    lines: list[str] = []
+    totals = (entry.snapshot or {}).get("totals") or {}
+    if entry.snapshot:
+        lines.append(f"Paheko: {len(entry.snapshot.get('tabs', []))} ticket(s), items {_amount(totals.get('items_total', 0))}")
+    mapped = load_mapped(entry.mapped) if entry.mapped else None
+    forwards = ledger.forwards_of(entry.id)
+    if forwards:
+        lines.append("Sent:")
+        sales = {s.tab_id: s for s in mapped.sales} if mapped else {}
+        for (kind, paheko_id), f in sorted(forwards.items(), key=lambda kv: ({"session": 0, "close": 2}.get(kv[0][0], 1), kv[0])):
+            what = f"{kind} {paheko_id}" + (f" ({_amount(sales[paheko_id].total_cents)})"
+                                            if kind == "sale" and paheko_id in sales else "")
+            lines.append(f"  {what:<24} {f.status:<8} {f.sink_id or '-'}" + (f"  {f.detail}" if f.detail else ""))
+    if mapped and mapped.skipped:
+        lines.append("Left out (recorded, not sent):")
+        for part in mapped.skipped:
+            where = f"ticket {part.tab_id}" if part.tab_id is not None else "session"
+            lines.append(f"  {where:<10} {_amount(part.amount_cents):>10}  {part.reason}")
+    if mapped:
+        r = mapped.reconciliation
+        lines.append("Reconciliation (Paheko = sent + left out): " + ("balanced" if r.balanced else "NOT BALANCED"))
+        figures = [("tickets", r.tabs, str), ("items", r.items_cents, _amount),
+                   ("weight", r.weight_grams, lambda g: f"{g / 1000:.3f} kg")]
+        figures += [(f"payments {m.method_name or m.method_id}", m, _amount) for m in r.payments]
+        for label, tally, show in figures:
+            mark = "" if tally.balanced else "  ← differs"
+            lines.append(f"  {label:<24} {show(tally.paheko):>12} = {show(tally.forwarded):>12} + {show(tally.skipped)}{mark}")
+    return lines
 
 
 def _select(refs: tuple[str, ...], source: str | None, states: tuple[str, ...], allowed: tuple[State, ...]) -> list[Entry]:
