@@ -8,6 +8,7 @@ Logs go to stderr, the commands' own output to stdout.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import string
 import sys
@@ -109,7 +110,9 @@ def placeholder_problems(document: object, prefix: str = "") -> list[str]:
     elif isinstance(document, str):
         text = document.strip()
         if any(p in text.lower() for p in PLACEHOLDERS) or (text.startswith("<") and text.endswith(">")):
-            problems.append(f"{prefix}: still the example's placeholder {text!r}: put the real value")
+            secret = re.search(r"(password|secret|token|pin)$", prefix)
+            shown = "" if secret else f" {text!r}"  # even a placeholder secret is never printed
+            problems.append(f"{prefix}: still the example's placeholder{shown}: put the real value")
     return problems
 
 

@@ -12,7 +12,6 @@ C = "paheko-recyclic --config config.toml"
 
 #: command path (without ``paheko-recyclic``) → example command lines
 EXAMPLES: dict[str, tuple[str, ...]] = {
-    "": ("paheko-recyclic init config.toml", f"{C} check-config", f"{C} status"),
     "init": ("paheko-recyclic init /etc/paheko-recyclic/config.toml",),
     "check-config": (f"{C} check-config", f"{C} check-config --online"),
     "run": (f"{C} run --port 5000",),
