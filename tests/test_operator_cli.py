@@ -203,3 +203,21 @@ def test_maintenance_prune_clears_in_batches(tmp_path):
                                progress=lambda done, total: seen.append((done, total)))
     ledger.close()
     assert cleared == 7 and seen == [(3, 7), (6, 7), (7, 7)]
+
+
+def test_poll_reports_progress_page_by_page(tmp_path, paheko, monkeypatch):
+    from receiver.config import load_config
+    from receiver.ledger import Ledger
+    from receiver.reread import poller
+    from receiver.reread.client import PahekoClient
+
+    monkeypatch.setattr(poller, "PAGE", 1)
+    source = load_config(standin_config(tmp_path, paheko.url)).sources["lab"]
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}")
+    ledger.migrate()
+    pages = []
+    with PahekoClient("lab", source.paheko) as client:
+        total = poller.count_to_scan(source, client, ledger)
+        report = poller.poll_source(source, client, ledger, progress=pages.append)
+    ledger.close()
+    assert total == 2 and sum(pages) == report.scanned == 2 and pages == [1, 1]
