@@ -27,7 +27,6 @@ from receiver.dev.paheko import create_paheko_app
 from receiver.dev.recyclic import CATEGORIES, DEFAULT_USERS, MACHINE_USER, MAIN_SITE, REPLAY_REGISTER, create_recyclic_app
 from receiver.dev.server import LocalServer
 from receiver.ledger import Ledger, State
-from receiver.sinks.recyclic.mapping.mapper import euros
 from receiver.services import EXTENSION
 from receiver.runner import Runner
 
@@ -241,13 +240,9 @@ def demo(workdir: Path, timeout: float) -> None:
         stack.close()
 
 
-def _amount(cents: int) -> str:
-    sign = "-" if cents < 0 else ""
-    return f"{sign}{abs(cents) // 100}.{abs(cents) % 100:02d} €"
-
-
 def _report(entries: dict, ledger: Ledger, recyclic_app, echo) -> None:
     """One line per session: what Paheko holds, what Recyclic now holds, what was left out; reasons below."""
+    from receiver.commands.ledger import amount as _amount
     from receiver.commands.ledger import table
     from receiver.sinks.recyclic.mapping.model import load_mapped
 

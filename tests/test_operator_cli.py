@@ -221,3 +221,25 @@ def test_poll_reports_progress_page_by_page(tmp_path, paheko, monkeypatch):
         report = poller.poll_source(source, client, ledger, progress=pages.append)
     ledger.close()
     assert total == 2 and sum(pages) == report.scanned == 2 and pages == [1, 1]
+
+
+def test_ledger_show_tells_both_sides(tmp_path):
+    from tests.test_pipeline import build
+
+    p = build(tmp_path)
+    try:
+        p.notify(1)
+        p.run()
+        shown = invoke("--config", str(tmp_path / "config.toml"), "ledger", "show", "lab:1")
+    finally:
+        for server in p._servers:
+            server.stop()
+        p.ledger.close()
+    text = shown.output
+    assert shown.exit_code == 0, text
+    assert "Paheko: 5 ticket(s), items 124.50 €" in text
+    sale_ids = [line.split()[-1] for line in text.splitlines() if line.strip().startswith("sale ")]
+    assert len(sale_ids) == 4 and all(len(i) == 36 for i in sale_ids)  # Recyclic's sale uuids
+    assert "Left out (recorded, not sent):" in text and "ticket 4" in text
+    assert "Reconciliation (Paheko = sent + left out): balanced" in text
+    assert "items                        124.50 € =     127.50 € + -3.00 €" in text

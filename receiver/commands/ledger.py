@@ -125,7 +125,8 @@ def show(ref: str, source: str | None, raw: bool) -> None:
             click.echo(f"    {n['raw_body']}")
 
 
-def _amount(cents: int) -> str:
+def amount(cents: int) -> str:
+    """An amount for English output: ``-3.00 €``."""
     sign = "-" if cents < 0 else ""
     return f"{sign}{abs(cents) // 100}.{abs(cents) % 100:02d} €"
 
@@ -137,27 +138,27 @@ def _both_sides(entry: Entry, ledger) -> list[str]:
     lines: list[str] = []
     totals = (entry.snapshot or {}).get("totals") or {}
     if entry.snapshot:
-        lines.append(f"Paheko: {len(entry.snapshot.get('tabs', []))} ticket(s), items {_amount(totals.get('items_total', 0))}")
+        lines.append(f"Paheko: {len(entry.snapshot.get('tabs', []))} ticket(s), items {amount(totals.get('items_total', 0))}")
     mapped = load_mapped(entry.mapped) if entry.mapped else None
     forwards = ledger.forwards_of(entry.id)
     if forwards:
         lines.append("Sent:")
         sales = {s.tab_id: s for s in mapped.sales} if mapped else {}
         for (kind, paheko_id), f in sorted(forwards.items(), key=lambda kv: ({"session": 0, "close": 2}.get(kv[0][0], 1), kv[0])):
-            what = f"{kind} {paheko_id}" + (f" ({_amount(sales[paheko_id].total_cents)})"
+            what = f"{kind} {paheko_id}" + (f" ({amount(sales[paheko_id].total_cents)})"
                                             if kind == "sale" and paheko_id in sales else "")
             lines.append(f"  {what:<24} {f.status:<8} {f.sink_id or '-'}" + (f"  {f.detail}" if f.detail else ""))
     if mapped and mapped.skipped:
         lines.append("Left out (recorded, not sent):")
         for part in mapped.skipped:
             where = f"ticket {part.tab_id}" if part.tab_id is not None else "session"
-            lines.append(f"  {where:<10} {_amount(part.amount_cents):>10}  {part.reason}")
+            lines.append(f"  {where:<10} {amount(part.amount_cents):>10}  {part.reason}")
     if mapped:
         r = mapped.reconciliation
         lines.append("Reconciliation (Paheko = sent + left out): " + ("balanced" if r.balanced else "NOT BALANCED"))
-        figures = [("tickets", r.tabs, str), ("items", r.items_cents, _amount),
+        figures = [("tickets", r.tabs, str), ("items", r.items_cents, amount),
                    ("weight", r.weight_grams, lambda g: f"{g / 1000:.3f} kg")]
-        figures += [(f"payments {m.method_name or m.method_id}", m, _amount) for m in r.payments]
+        figures += [(f"payments {m.method_name or m.method_id}", m, amount) for m in r.payments]
         for label, tally, show in figures:
             mark = "" if tally.balanced else "  ← differs"
             lines.append(f"  {label:<24} {show(tally.paheko):>12} = {show(tally.forwarded):>12} + {show(tally.skipped)}{mark}")
