@@ -243,3 +243,25 @@ def test_ledger_show_tells_both_sides(tmp_path):
     assert "Left out (recorded, not sent):" in text and "ticket 4" in text
     assert "Reconciliation (Paheko = sent + left out): balanced" in text
     assert "items                        124.50 € =     127.50 € + -3.00 €" in text
+
+
+def test_run_serves_the_receiver_and_people_get_readable_logs(tmp_path, paheko):
+    import httpx
+
+    from receiver.dev.server import free_port
+
+    path = standin_config(tmp_path, paheko.url)
+    port = free_port()
+    process = run_cli("--config", str(path), "run", "--port", str(port), env={"PAHEKO_RECYCLIC_LOG_FORMAT": "text"},
+                      start_new_session=True)
+    try:
+        assert process.stdout.readline().startswith(f"Receiver on http://127.0.0.1:{port}/")
+        answer = httpx.post(f"http://127.0.0.1:{port}/api/paheko/caisse/v1/ping", auth=("labmodule", "LabPassword42"),
+                            timeout=10)
+        assert answer.status_code == 200, answer.text
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        _, err = process.communicate(timeout=20)
+    assert "LabPassword42" not in err
+    readable = [line for line in err.splitlines() if " info " in line or " warning " in line]
+    assert readable and not any(line.lstrip().startswith("{") for line in readable)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import sys
+
 import click
 
 from receiver.config import Config, ConfigError, load_config
@@ -47,3 +51,20 @@ def current_app_services():
     from receiver.services import EXTENSION
 
     return current_app().extensions[EXTENSION]
+
+
+@contextlib.contextmanager
+def progress_bar(iterable=None, **kwargs):
+    """``click.progressbar`` on stderr. While it is drawn on a terminal, the receiver's info logs (which
+    would break the bar's line) are held back; warnings and errors still show."""
+    stream = sys.stderr
+    visible = stream.isatty()
+    logger = logging.getLogger("receiver")
+    level = logger.level
+    if visible and logger.getEffectiveLevel() < logging.WARNING:
+        logger.setLevel(logging.WARNING)
+    try:
+        with click.progressbar(iterable, file=stream, **kwargs) as bar:
+            yield bar
+    finally:
+        logger.setLevel(level)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from receiver.commands.context import config_from_context
+from receiver.commands.context import config_from_context, progress_bar
 from receiver.ledger.maintenance import MaintenanceError, backup, prune_raw_bodies, restore
 from receiver.ledger.store import Ledger
 
@@ -19,7 +18,7 @@ def maintenance_group() -> None:
 
 def _run(operation, *args, label: str, **kwargs):
     """Run a maintenance operation with a progress bar on stderr (pages copied, rows pruned)."""
-    with click.progressbar(length=1, label=label, file=sys.stderr, show_percent=True) as bar:
+    with progress_bar(length=1, label=label, show_percent=True) as bar:
         def progress(done: int, total: int) -> None:
             bar.length = max(total, 1)
             bar.update(done - bar.pos)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import shutil
 import signal
-import sys
 import threading
 from datetime import datetime
 
 import click
 
-from receiver.commands.context import current_app_services
+from receiver.commands.context import current_app_services, progress_bar
 from receiver.commands.ledger import local, table
 from receiver.ledger import State
 from receiver.ledger.store import utcnow
@@ -40,7 +39,7 @@ def _poll_with_progress(src, worker) -> object:
     total = count_to_scan(src, client, worker.ledger)
     if total <= PAGE:
         return poll_source(src, client, worker.ledger)
-    with click.progressbar(length=total, label=f"{src.name}: scanning", show_pos=True, file=sys.stderr) as bar:
+    with progress_bar(length=total, label=f"{src.name}: scanning", show_pos=True) as bar:
         return poll_source(src, client, worker.ledger, progress=bar.update)
 
 
@@ -219,7 +218,7 @@ def backfill(source: str, since: datetime, until: datetime | None) -> None:
             after = rows[-1]["id"]
         click.echo(f"{len(ids)} closed session(s) in Paheko between {since.date()} and {last_day[:10]}.")
         outcome: dict[str, list[int]] = {}
-        with click.progressbar(ids, label="Backfilling", show_pos=True, file=sys.stderr) as bar:
+        with progress_bar(ids, label="Backfilling", show_pos=True) as bar:
             for session_id in bar:
                 recorded = w.ledger.record_notification(src.name, session_id, {}, origin="backfill")
                 entry = recorded.entry
