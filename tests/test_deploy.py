@@ -36,7 +36,7 @@ RECEIVER_PATHS = ("/api/paheko/caisse", "/healthz", "/readyz", "/metrics")
 def served(tmp_path):
     """The receiver started like the systemd unit (config and bind from the environment); (URL, process)."""
     config = tmp_path / "config.toml"
-    config.write_text(config_text(tmp_path, receiver_settings))
+    config.write_text(config_text(tmp_path))
     port = free_port()
     env = {**os.environ, "PAHEKO_RECYCLIC_CONFIG": str(config), "PAHEKO_RECYCLIC_BIND": f"127.0.0.1:{port}",
            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}

@@ -3,7 +3,7 @@
 Each proxy runs from the file in ``deploy/`` with only what a test must change (loopback ports instead of
 80/443, the upstream's port, certificate paths — nginx; for Caddy, ports and storage in the global block
 and the documented ``paheko-recyclic-tls.caddy`` snippet), with a certificate from a throwaway local CA.
-The Paheko module's captured request goes through it over TLS and must be accepted; no ``/api/`` path
+The receiver is started by the systemd unit's own command. The Paheko module's captured request goes through it over TLS and must be accepted; no ``/api/`` path
 may be answered with a redirect on either port; the receiver must see the client's own address (sent
 from 127.0.0.2, while the proxy connects from 127.0.0.1) with the ``trusted_proxies`` that ``init`` writes,
 even when the client forges ``X-Forwarded-For``. The packages are installed by ``.ci/run``
@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -32,7 +34,8 @@ from receiver.cli import render_example_config
 from receiver.commands.replay import CapturedRequest
 from receiver.dev.server import free_port
 from receiver.ledger import Ledger
-from tests.test_deploy import DEPLOY, ROOT, start_shipped_gunicorn, stop_process_group
+from tests.conftest import config_text
+from tests.test_deploy import DEPLOY, ROOT, environment, unit
 
 HOST = "receiver.example.org"
 CLIENT_ADDRESS = "127.0.0.2"  # the "Paheko server"; the proxy reaches the receiver from 127.0.0.1
@@ -75,6 +78,35 @@ def local_ca(tmp_path_factory):
             "-out", "server.pem", "-days", "2", "-extfile", "ext")
     (folder / "fullchain.pem").write_text((folder / "server.pem").read_text() + (folder / "ca.pem").read_text())
     return folder / "ca.pem", folder / "fullchain.pem", folder / "key.pem"
+
+
+def stop_process_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.communicate(timeout=10)
+
+
+def start_receiver_as_deployed(tmp_path: Path, receiver_settings: str) -> tuple[str, subprocess.Popen]:
+    """The receiver started by the systemd unit's own ExecStart and Environment (whatever server it names),
+    with the venv, the configuration, the port and the metrics folder pointed at this test's."""
+    config = tmp_path / "config.toml"
+    config.write_text(config_text(tmp_path, receiver_settings))
+    port = free_port()
+    bin_dir = Path(sys.executable).parent
+    command = [word.replace("/opt/paheko-recyclic/venv/bin/", f"{bin_dir}/")
+                   .replace("/opt/paheko-recyclic/deploy/", f"{DEPLOY}/")
+                   .replace("/etc/paheko-recyclic/config.toml", str(config))
+               for word in shlex.split(unit("paheko-recyclic-receiver.service")["Service"]["ExecStart"])]
+    env = {**os.environ, **environment("paheko-recyclic-receiver.service"), "PAHEKO_RECYCLIC_CONFIG": str(config),
+           "PAHEKO_RECYCLIC_BIND": f"127.0.0.1:{port}", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    (tmp_path / "metrics").mkdir()
+    log = tmp_path / "receiver.log"
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=open(log, "w"),
+                               start_new_session=True)
+    wait_for_port(port, process, log)
+    return f"http://127.0.0.1:{port}", process
 
 
 @dataclass
@@ -167,7 +199,7 @@ def proxy(request, tmp_path, local_ca):
     if which(name) is None:
         pytest.skip(f"{name} is not installed (.ci/run installs Debian's package; it could not here)")
     _, fullchain, key = local_ca
-    url, receiver = start_shipped_gunicorn(tmp_path, shipped_trusted_proxies_line())
+    url, receiver = start_receiver_as_deployed(tmp_path, shipped_trusted_proxies_line())
     folder = tmp_path / name
     folder.mkdir()
     ports = (free_port(), free_port())
