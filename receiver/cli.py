@@ -12,6 +12,7 @@ import re
 import secrets
 import string
 import sys
+import tomllib
 from importlib import resources
 from pathlib import Path
 
@@ -117,9 +118,6 @@ def placeholder_problems(document: object, prefix: str = "") -> list[str]:
 
 
 def _document(path: str | None) -> dict:
-    import os
-    import tomllib
-
     chosen = path or os.environ.get(CONFIG_ENV)
     try:
         return tomllib.loads(Path(chosen).expanduser().read_text(encoding="utf-8")) if chosen else {}
