@@ -265,3 +265,9 @@ def test_run_serves_the_receiver_and_people_get_readable_logs(tmp_path, paheko):
     assert "LabPassword42" not in err
     readable = [line for line in err.splitlines() if " info " in line or " warning " in line]
     assert readable and not any(line.lstrip().startswith("{") for line in readable)
+
+
+def test_check_config_online_without_a_sink_yet_is_not_a_problem(tmp_path, paheko):
+    result = invoke("--config", str(standin_config(tmp_path, paheko.url)), "check-config", "--online")
+    assert result.exit_code == 0, result.output
+    assert "no sink configured yet" in result.output
