@@ -101,7 +101,7 @@ def show(ref: str, source: str | None, raw: bool) -> None:
         click.echo(f"  error:    {entry.last_error}")
     click.echo(f"  origin:   {entry.origin}; tries {entry.attempts}; next try {local(entry.next_attempt_at, zone)}")
     click.echo(f"  summary:  {json.dumps(entry.summary, ensure_ascii=False)}")
-    for line in _both_sides(entry, svc.ledger):
+    for line in _both_sides(entry):
         click.echo(line)
     click.echo("History:")
     for change in svc.ledger.history(entry.id):
@@ -131,23 +131,21 @@ def amount(cents: int) -> str:
     return f"{sign}{abs(cents) // 100}.{abs(cents) % 100:02d} €"
 
 
-def _both_sides(entry: Entry, ledger) -> list[str]:
-    """What Paheko holds, what the sink received (its ids), what was left out and whether it adds up."""
-    from receiver.mapping.model import load_mapped
+def _both_sides(entry: Entry) -> list[str]:
+    """What Paheko holds, what was left out and whether Paheko = sent + left out (what was sent, with
+    the destination's ids, is listed by ``show`` from the forward log)."""
+    from marshmallow import ValidationError
+
+    from receiver.sinks.recyclic.mapping.model import load_mapped
 
     lines: list[str] = []
     totals = (entry.snapshot or {}).get("totals") or {}
     if entry.snapshot:
         lines.append(f"Paheko: {len(entry.snapshot.get('tabs', []))} ticket(s), items {amount(totals.get('items_total', 0))}")
-    mapped = load_mapped(entry.mapped) if entry.mapped else None
-    forwards = ledger.forwards_of(entry.id)
-    if forwards:
-        lines.append("Sent:")
-        sales = {s.tab_id: s for s in mapped.sales} if mapped else {}
-        for (kind, paheko_id), f in sorted(forwards.items(), key=lambda kv: ({"session": 0, "close": 2}.get(kv[0][0], 1), kv[0])):
-            what = f"{kind} {paheko_id}" + (f" ({amount(sales[paheko_id].total_cents)})"
-                                            if kind == "sale" and paheko_id in sales else "")
-            lines.append(f"  {what:<24} {f.status:<8} {f.sink_id or '-'}" + (f"  {f.detail}" if f.detail else ""))
+    try:
+        mapped = load_mapped(entry.mapped) if entry.mapped else None
+    except (ValidationError, KeyError, TypeError, ValueError):
+        mapped = None  # another sink's document: nothing to reconcile here
     if mapped and mapped.skipped:
         lines.append("Left out (recorded, not sent):")
         for part in mapped.skipped:
