@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -88,18 +87,11 @@ def paheko(tmp_path):
 
 
 def standin_config(tmp_path: Path, paheko_url: str, *, timezone: str = "Europe/Paris", sink: str = "") -> Path:
+    """One source, ``lab``, re-reading the Paheko stand-in (inline tables: the file is not the point here)."""
     path = tmp_path / "c.toml"
-    path.write_text(textwrap.dedent(f"""
-        [sources.lab]
-        timezone = "{timezone}"
-        [sources.lab.webhook]
-        user = "labmodule"
-        password = "LabPassword42"
-        [sources.lab.paheko]
-        url = "{paheko_url}"
-        api_user = "{PAHEKO_KEY[0]}"
-        api_password = "{PAHEKO_KEY[1]}"
-        """) + sink)
+    webhook = '{ user = "labmodule", password = "LabPassword42" }'
+    paheko = f'{{ url = "{paheko_url}", api_user = "{PAHEKO_KEY[0]}", api_password = "{PAHEKO_KEY[1]}" }}'
+    path.write_text(f'[sources.lab]\ntimezone = "{timezone}"\nwebhook = {webhook}\npaheko = {paheko}\n' + sink)
     return path
 
 
