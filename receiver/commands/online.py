@@ -23,12 +23,12 @@ def check_paheko(source: Source) -> tuple[str, bool]:
     return f"Paheko {source.paheko.url}: /api/sql answers with this key", True
 
 
-def check_sink(sink: object) -> tuple[str, bool]:
+def check_sink(sink: object, source: str = "NAME") -> tuple[str, bool]:
     """An HTTP sink answers at all (any status: the address and TLS are right); a file sink is writable;
     no sink yet is said, not counted as a problem."""
     if sink is None:
         # Not a fault: before step 4 of the guide there is none, and sessions simply wait for it.
-        return "no sink configured yet: sessions wait until a [sources.NAME.sink] table is written", True
+        return f"no sink configured yet: sessions wait until a [sources.{source}.sink] table is written", True
     url = getattr(sink, "url", None)
     if url:
         try:
@@ -52,4 +52,4 @@ def check_sink(sink: object) -> tuple[str, bool]:
 
 def check_online(source: Source) -> Iterator[tuple[str, bool]]:
     yield check_paheko(source)
-    yield check_sink(source.sink)
+    yield check_sink(source.sink, source.name)
