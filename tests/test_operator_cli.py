@@ -130,7 +130,7 @@ def test_poll_without_once_polls_until_stopped_and_logs_go_to_stderr(tmp_path, p
     path = standin_config(tmp_path, paheko.url)
     process = run_cli("--config", str(path), "poll", env={"PAHEKO_RECYCLIC_LOG_LEVEL": "debug"})
     first = process.stdout.readline()
-    assert first.startswith("lab: scanned 2 closed session(s)"), first
+    assert first.startswith("lab: scanned 2 session(s)"), first
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
