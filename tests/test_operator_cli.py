@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -246,12 +247,18 @@ def test_run_serves_the_receiver_and_people_get_readable_logs(tmp_path, paheko):
 
     path = standin_config(tmp_path, paheko.url)
     port = free_port()
-    process = run_cli("--config", str(path), "run", "--port", str(port), env={"PAHEKO_RECYCLIC_LOG_FORMAT": "text"},
-                      start_new_session=True)
+    process = run_cli("--config", str(path), "run", "--bind", f"127.0.0.1:{port}",
+                      env={"PAHEKO_RECYCLIC_LOG_FORMAT": "text"}, start_new_session=True)
     try:
-        assert process.stdout.readline().startswith(f"Receiver on http://127.0.0.1:{port}/")
-        answer = httpx.post(f"http://127.0.0.1:{port}/api/paheko/caisse/v1/ping", auth=("labmodule", "LabPassword42"),
-                            timeout=10)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                answer = httpx.post(f"http://127.0.0.1:{port}/api/paheko/caisse/v1/ping",
+                                    auth=("labmodule", "LabPassword42"), timeout=10)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and process.poll() is None, "the receiver did not start"
+                time.sleep(0.1)
         assert answer.status_code == 200, answer.text
     finally:
         os.killpg(process.pid, signal.SIGTERM)

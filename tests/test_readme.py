@@ -139,7 +139,7 @@ def test_the_readme_walkthrough_runs_against_the_stand_ins(tmp_path, standins, m
                 if path == "run" and receiver is None:  # the developer's receiver, started in-process instead
                     app = create_app(load_config(dev_toml))
                     receiver = (LocalServer(app).start(), app)
-                    substitutions["http://127.0.0.1:5000"] = receiver[0].url
+                    substitutions["http://127.0.0.1:8000"] = receiver[0].url
                 continue
             if path == "init" and Path(argv[1]).exists():
                 continue  # the same file shown twice (operators' block, then the guide)

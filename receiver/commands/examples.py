@@ -14,9 +14,9 @@ C = "paheko-recyclic --config config.toml"
 EXAMPLES: dict[str, tuple[str, ...]] = {
     "init": ("paheko-recyclic init /etc/paheko-recyclic/config.toml",),
     "check-config": (f"{C} check-config", f"{C} check-config --online"),
-    "run": (f"{C} run --port 5000",),
+    "run": (f"{C} run", f"{C} run --bind 127.0.0.1:8000 --threads 8"),
     "demo": ("paheko-recyclic demo", "paheko-recyclic demo --workdir /tmp/demo"),
-    "replay": (f"{C} replay tests/fixtures/module-request.http --to http://127.0.0.1:5000 --source lab",),
+    "replay": (f"{C} replay tests/fixtures/module-request.http --to http://127.0.0.1:8000 --source lab",),
     "poll": (f"{C} poll --once --source lab", f"{C} poll"),
     "worker": (f"{C} worker", f"{C} worker --once"),
     "status": (f"{C} status",),
