@@ -1,4 +1,4 @@
-"""The shipped reverse proxies, run for real: Debian's nginx and Caddy in front of the shipped gunicorn.
+"""The shipped reverse proxies, run for real: Debian's nginx and Caddy in front of the receiver as the unit starts it.
 
 Each proxy runs from the file in ``deploy/`` with only what a test must change (loopback ports instead of
 80/443, the upstream's port, certificate paths — nginx; for Caddy, ports and storage in the global block
