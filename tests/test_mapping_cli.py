@@ -352,12 +352,12 @@ def test_check_dry_run_replays_paheko_sessions(paheko_config):
 def test_check_config_prints_the_mappings_own_findings(paheko_config):
     """check-config (no network): closing without a PIN is a problem; closing off says what it blocks; the
     outbox is mentioned whenever v2 sessions are closed."""
-    path = with_recyclic_sink(paheko_config(full_mapping()), "https://recyclic.example.org", pin=None)
+    path = with_recyclic_sink(paheko_config(full_mapping()), "https://recyclic.ressourcerie.test", pin=None)
     result = invoke("--config", str(path), "check-config")
     assert result.exit_code == 1
     assert "problem: close_session = true needs the Recyclic user's 4-digit step-up PIN" in result.output
     assert "warning: each close queues an accounting item in Recyclic's Paheko outbox" in result.output
-    path = with_recyclic_sink(paheko_config(full_mapping(close_session="false")), "https://recyclic.example.org",
+    path = with_recyclic_sink(paheko_config(full_mapping(close_session="false")), "https://recyclic.ressourcerie.test",
                               pin=None)
     result = invoke("--config", str(path), "check-config")
     assert result.exit_code == 0, result.output
