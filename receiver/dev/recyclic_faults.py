@@ -106,9 +106,9 @@ class Faults:
 
 
 def _drop_connection(environ: dict[str, Any]) -> None:
-    sock = environ.get("werkzeug.socket") or environ.get("gunicorn.socket")
+    sock = environ.get("werkzeug.socket")
     if sock is None:
-        raise RuntimeError("connection faults need the werkzeug or gunicorn server")
+        raise RuntimeError("connection faults need the werkzeug server (the stand-ins' own)")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.shutdown(socket.SHUT_RDWR)
 

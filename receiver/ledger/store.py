@@ -204,7 +204,7 @@ class Ledger:
         self.url = url
         self.engine = self._make_engine(url, pool_size)
         # SQLite has one writer at a time. Writers of this process queue on a thread lock, and
-        # writers of every process (gunicorn workers, the pipeline worker) on an flock of a file
+        # writers of every process (the receiver, the pipeline worker) on an flock of a file
         # beside the ledger: the kernel hands the lock over the moment it is released, where
         # SQLite's busy handler makes a waiting writer sleep 1, 2, 5 … 100 ms between retries (a
         # receiver thread losing that race to the worker's writes saw p99 of 100-450 ms).

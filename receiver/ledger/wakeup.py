@@ -1,6 +1,6 @@
 """Waking an idle worker the moment a notification is committed, on both ledger back-ends.
 
-The receiver (gunicorn, another process) and the worker share nothing but the ledger, so the
+The receiver (``paheko-recyclic run``, another process) and the worker share nothing but the ledger, so the
 ledger carries the wake-up:
 
 - **PostgreSQL**: ``pg_notify('paheko_recyclic', source)`` inside the notification's transaction
