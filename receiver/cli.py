@@ -251,6 +251,7 @@ def dev() -> None:
 
 def _register_subcommands() -> None:
     from receiver.commands import ledger, maintenance, pipeline, replay
+    from receiver.commands.report import report
     from receiver.demo import demo
     from receiver.dev.paheko import paheko_command
     from receiver.dev.recyclic import recyclic_command
@@ -259,6 +260,7 @@ def _register_subcommands() -> None:
 
     main.add_command(ledger.ledger_group)
     main.add_command(replay.replay)
+    main.add_command(report)
     for command in (pipeline.poll, pipeline.worker, pipeline.status, pipeline.backfill):
         main.add_command(command)
     main.add_command(demo)

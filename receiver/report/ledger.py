@@ -51,9 +51,10 @@ def load_sessions(ledger: Ledger, source: str, since: date, until: date, zone: t
         f = t.forwards
         for start in range(0, len(ids), 500):
             batch = ids[start:start + 500]
-            for rec in conn.execute(select(f.c.entry_id, f.c.kind, f.c.paheko_id, f.c.status, f.c.sink_id)
-                                    .where(f.c.entry_id.in_(batch))):
-                forwards[rec.entry_id][(rec.kind, rec.paheko_id)] = (rec.status, rec.sink_id)
+            records = conn.execute(select(f.c.entry_id, f.c.kind, f.c.paheko_id, f.c.status, f.c.sink_id)
+                                   .where(f.c.entry_id.in_(batch))).all()
+            for entry_id, kind, paheko_id, status, sink_id in records:
+                forwards[entry_id][(kind, paheko_id)] = (status, sink_id)
     return [
         LedgerSession(
             source=source, session_id=row.session_id, state=row.state, reason=row.reason,

@@ -221,12 +221,13 @@ class _Accumulator:
 
 
 def _add_session(acc: _Accumulator, s: LedgerSession, day: date) -> None:
+    """Add one read session to its day's rows (the period's rows are the days' sums, made at the end)."""
     snap, mapped, fw = s.snapshot, s.mapped, s.forwards
     stuck = s.state in STUCK_STATES
     whole_done = _done(fw, "document", s.session_id)  # file / webhook sinks take the session as one document
     methods = snap.get("methods") or {}
 
-    forwarded_items: dict[int, tuple[int, dict]] = {}
+    forwarded_items: dict[int, dict] = {}
     forwarded_pays: dict[int, list[tuple[int, str, int]]] = {}
     skipped_items: dict[int, list[dict]] = {}
     skipped_pays: dict[int, list[dict]] = {}
@@ -234,7 +235,7 @@ def _add_session(acc: _Accumulator, s: LedgerSession, day: date) -> None:
         for sale in mapped.get("sales", ()):
             tab = sale["tab_id"]
             for item in sale["items"]:
-                forwarded_items[item["paheko_item_id"]] = (tab, item)
+                forwarded_items[item["paheko_item_id"]] = item
             for pay in sale["payments"]:
                 ids = pay["paheko_payment_ids"]
                 amounts = pay.get("paheko_amounts_cents") or ([pay["amount_cents"]] if len(ids) == 1 else [])
@@ -246,57 +247,50 @@ def _add_session(acc: _Accumulator, s: LedgerSession, day: date) -> None:
             elif part.get("payment_id") is not None:
                 skipped_pays.setdefault(part["payment_id"], []).append(part)
 
-    def unsent(row: Row) -> Figures:
-        return row.held if stuck else row.pending
-
     for tab in snap["tabs"]:
         tab_done = whole_done or _done(fw, "sale", tab["id"])
         for item in tab["items"]:
-            label = item["category_name"]
+            row = acc.row("cat", day, item["category_name"])
             qty, weight, total = item["qty"], item["weight"], item["total"]
             grams = qty * weight if weight is not None else 0
-            rows = (acc.row("cat", None, label), acc.row("cat", day, label))
-            for row in rows:
-                row.paheko.add(qty, grams, total)
-            sent = forwarded_items.get(item["id"])
-            if sent is not None:
-                _, line = sent
-                for row in rows:
-                    if tab_done:
-                        row.targets.add(line["category_id"])
-                    (row.forwarded if tab_done else unsent(row)).add(
-                        line["quantity"], line["weight_grams"], line["total_cents"])
+            f = row.paheko
+            f.items += qty
+            f.grams += grams
+            f.cents += total
+            line = forwarded_items.get(item["id"])
+            if line is not None:
+                if tab_done:
+                    row.targets.add(line["category_id"])
+                    f = row.forwarded
+                else:
+                    f = row.held if stuck else row.pending
+                f.items += line["quantity"]
+                f.grams += line["weight_grams"]
+                f.cents += line["total_cents"]
                 continue
             parts = skipped_items.get(item["id"])
             if parts is not None:
                 for part in parts:
-                    for row in rows:
-                        row.left_out[group_of(part["kind"])].add(qty, part["weight_grams"], part["amount_cents"])
+                    row.left_out[group_of(part["kind"])].add(qty, part["weight_grams"], part["amount_cents"])
                     qty = 0  # several parts of one line count its articles once
-                continue
-            if mapped is None:
-                for row in rows:
-                    unsent(row).add(qty, grams, total)
+            elif mapped is None:
+                (row.held if stuck else row.pending).add(qty, grams, total)
             # else: the mapped document does not account for this line: it shows as a gap
         for pay in tab["payments"]:
             method = methods.get(str(pay["method_id"])) or methods.get(pay["method_id"])
-            label = method["name"] if method else f"moyen n° {pay['method_id']}"
-            rows = (acc.row("pay", None, label), acc.row("pay", day, label))
-            for row in rows:
-                row.paheko.add(0, 0, pay["amount"])
+            row = acc.row("pay", day, method["name"] if method else f"moyen n° {pay['method_id']}")
+            row.paheko.cents += pay["amount"]
             if mapped is None:
-                for row in rows:
-                    unsent(row).add(0, 0, pay["amount"])
+                (row.held if stuck else row.pending).cents += pay["amount"]
                 continue
             for tab_id, code, cents in forwarded_pays.get(pay["id"], ()):
-                sent_done = whole_done or _done(fw, "sale", tab_id)
-                for row in rows:
-                    if sent_done:
-                        row.targets.add(code)
-                    (row.forwarded if sent_done else unsent(row)).add(0, 0, cents)
+                if whole_done or _done(fw, "sale", tab_id):
+                    row.targets.add(code)
+                    row.forwarded.cents += cents
+                else:
+                    (row.held if stuck else row.pending).cents += cents
             for part in skipped_pays.get(pay["id"], ()):
-                for row in rows:
-                    row.left_out[group_of(part["kind"])].add(0, 0, part["amount_cents"])
+                row.left_out[group_of(part["kind"])].cents += part["amount_cents"]
 
 
 def _recyclic_status(s: LedgerSession) -> tuple[str, bool]:
@@ -363,12 +357,17 @@ def reconcile(
                                      "Session encore ouverte dans Paheko : elle sera transmise à sa clôture.", True))
     lines.sort(key=lambda line: (line.day or since, line.session_id))
 
-    def table(name: str, per_day: bool) -> list[Row]:
-        rows = [row for (t, d, _), row in acc.rows.items() if t == name and (d is not None) == per_day]
-        return sorted(rows, key=lambda r: (r.day or since, -r.paheko.grams if name == "cat" else 0, r.label))
+    def table(name: str) -> tuple[list[Row], list[Row]]:
+        """The day rows of one table, and the period rows (their sums per label)."""
+        day_rows = [row for (t, _, _), row in acc.rows.items() if t == name]
+        period: dict[str, Row] = {}
+        for row in day_rows:
+            period.setdefault(row.label, Row(row.label)).merge(row)
+        order = (lambda r: (-r.paheko.grams, r.label)) if name == "cat" else (lambda r: r.label)
+        return sorted(period.values(), key=order), sorted(day_rows, key=lambda r: (r.day, order(r)))
 
-    categories, methods = table("cat", False), table("pay", False)
-    category_days, method_days = table("cat", True), table("pay", True)
+    categories, category_days = table("cat")
+    methods, method_days = table("pay")
     total, payments_total = Row("Total"), Row("Total")
     for row in categories:
         total.merge(row)
