@@ -1,0 +1,192 @@
+"""The month report on the fixture's sessions carried by the real pipeline (local Paheko and Recyclic
+stand-ins), through the command line, with --verify, and on generated months with unfinished sessions."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import replace
+from datetime import date
+
+import pytest
+from click.testing import CliRunner
+
+from receiver.cli import main
+from receiver.ledger import Ledger, State
+from receiver.report.ledger import load_sessions
+from receiver.report.reconcile import (
+    Figures, LedgerSession, Row, euros, kilos, period_label, reconcile,
+)
+from receiver.report.render import csv_header, render_csv, render_text
+from receiver.report.verify import cents_of, grams_of, verify
+from tests.report_support import fill_ledger
+from tests.test_pipeline import build
+
+NOVEMBER = (date(2026, 11, 1), date(2026, 11, 30))
+
+
+@pytest.fixture(scope="module")
+def carried(tmp_path_factory):
+    """The two fixture sessions (24/11/2026), forwarded to the Recyclic stand-in, refunds left out."""
+    p = build(tmp_path_factory.mktemp("report"))
+    p.run()
+    assert {e.state for e in p.ledger.list()} == {State.FORWARDED}
+    yield p
+    for server in p._servers:
+        server.stop()
+    p.ledger.close()
+
+
+def test_fixture_month_figures_and_verdict(carried):
+    sessions = load_sessions(carried.ledger, "lab", *NOVEMBER)
+    report = reconcile("lab", sessions, *NOVEMBER)
+    assert report.balanced and report.complete and not report.findings
+    # Same figures as the snapshots: 197,40 € sold, 97,300 kg, 24 articles.
+    total = sum(e.snapshot["totals"]["items_total"] for e in carried.ledger.list())
+    grams = sum(e.snapshot["totals"]["weight_grams"] for e in carried.ledger.list())
+    assert (report.total.paheko.cents, report.total.paheko.grams) == (total, grams) == (19740, 97300)
+    assert (report.total.forwarded.cents, report.total.forwarded.grams) == (19140, 93300)
+    refunds = report.total.left_out["refunds"]
+    assert (refunds.cents, refunds.grams) == (600, 4000)
+    # What Recyclic's stand-in holds is what the report says was forwarded.
+    store = carried.recyclic_app.store
+    assert sum(s.total_amount for s in store.sales.values()) == report.total.forwarded.cents
+    assert sum(line.weight_g for s in store.sales.values() for line in s.items) == report.total.forwarded.grams
+    assert report.verdict == "Novembre 2026 : tout est dans Recyclic, sauf 6,00 € de remboursements (4,000 kg)."
+    by_method = {row.label: row for row in report.methods}
+    assert by_method["Chèque"].left_out["refunds"].cents == 900 and by_method["Chèque"].targets == {"check"}
+    assert sum(row.forwarded.cents for row in report.methods) == 19140
+    assert [d.day for d in report.days] == [date(2026, 11, 24)]
+    assert [(s.session_id, s.paheko, s.recyclic) for s in report.sessions] == [(1, "fermée", "fermée"),
+                                                                               (2, "fermée", "fermée")]
+    text = render_text(report)
+    assert text.splitlines()[0] == report.verdict and "Sessions à surveiller : 0 sur 2" in text
+
+
+def test_other_months_and_sources_are_empty(carried):
+    october = reconcile("lab", load_sessions(carried.ledger, "lab", date(2026, 10, 1), date(2026, 10, 31)),
+                        date(2026, 10, 1), date(2026, 10, 31))
+    assert october.sessions == [] and october.verdict.startswith("Octobre 2026 : aucune session")
+    assert load_sessions(carried.ledger, "other", *NOVEMBER) == []
+
+
+def test_verify_against_recyclic_finds_nothing_then_each_tampering(carried):
+    from receiver.forward.recyclic_client import RecyclicClient
+
+    sessions = load_sessions(carried.ledger, "lab", *NOVEMBER)
+    client = RecyclicClient(carried.config.sources["lab"].sink)
+    try:
+        clean = verify(sessions, client.get)
+        assert clean.findings == [] and clean.sessions == 2 and clean.sales == 8
+        store = carried.recyclic_app.store
+        sale = next(s for s in store.sales.values() if len(s.items) > 1)
+        line = sale.items[0]
+        saved = (line.weight_g, line.weight_kg)
+        line.weight_g, line.weight_kg = line.weight_g + 5, (line.weight_g + 5) / 1000
+        lost_session = next(x for x in store.sessions.values() if sale.id not in x.sale_ids)
+        session = lost_session
+        lost = session.sale_ids.pop()
+        try:
+            found = verify(sessions, client.get).findings
+        finally:
+            line.weight_g, line.weight_kg = saved
+            session.sale_ids.append(lost)
+        weights = [f for f in found if "kg dans Recyclic" in f]
+        assert len(weights) == 1 and ", ticket " in weights[0], found
+        want = sum(line.weight_g for line in sale.items)  # the true weight, restored below
+        assert f"{kilos(want + 5)} dans Recyclic, {kilos(want)} transmis" in weights[0]
+        assert len(found) == 2, found
+        assert any(lost in f and "n'est pas dans cette session" in f for f in found), found
+        assert verify(sessions, client.get).findings == []
+    finally:
+        client.close()
+
+
+def test_report_command_text_csv_html(carried, tmp_path):
+    runner = CliRunner()
+    config = str(carried.config.path)
+    html = tmp_path / "nov.html"
+    result = runner.invoke(main, ["--config", config, "report", "--source", "lab", "--month", "2026-11",
+                                  "--html", str(html)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == \
+        "Novembre 2026 : tout est dans Recyclic, sauf 6,00 € de remboursements (4,000 kg)."
+    page = html.read_text(encoding="utf-8")
+    assert 'id="chart-kg"' in page and 'id="chart-euros"' in page and "src=" not in page and "<script" not in page
+    result = runner.invoke(main, ["--config", config, "report", "--source", "lab", "--since", "2026-11-20",
+                                  "--until", "2026-11-30", "--csv", "--no-paheko"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert list(rows[0]) == csv_header()
+    total = next(r for r in rows if r["section"] == "category_total")
+    assert (int(total["paheko_cents"]), int(total["forwarded_cents"]), int(total["left_out_refunds_cents"])) == \
+        (19740, 19140, 600)
+    cats = [r for r in rows if r["section"] == "category"]
+    assert sum(int(r["paheko_grams"]) for r in cats) == int(total["paheko_grams"]) == 97300
+    result = runner.invoke(main, ["--config", config, "report", "--source", "lab", "--month", "2026-11",
+                                  "--verify", "--no-paheko"])
+    assert result.exit_code == 0, result.output
+    assert "2 session(s), 8 sale(s)" in result.stderr and "0 difference(s)" in result.stderr
+    assert runner.invoke(main, ["--config", config, "report", "--source", "nope"]).exit_code == 2
+    assert runner.invoke(main, ["--config", config, "report", "--month", "2026-13"]).exit_code == 2
+
+
+def test_unfinished_sessions_are_pending_held_or_unread(tmp_path):
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.sqlite'}")
+    ledger.migrate()
+    days = [date(2025, 9, d) for d in (2, 3, 4, 5, 6)]
+    snapshots = fill_ledger(ledger, days, 12, unfinished={2: "mapped", 3: "held", 4: "notified"})
+    try:
+        report = reconcile("shop", load_sessions(ledger, "shop", date(2025, 9, 1), date(2025, 9, 30)),
+                           date(2025, 9, 1), date(2025, 9, 30), open_in_paheko=[(6, date(2025, 9, 7))])
+    finally:
+        ledger.close()
+    assert report.balanced
+    held = sum(i.total for t in snapshots[3].tabs for i in t.items)
+    assert report.total.held.cents == held
+    assert 0 < report.total.pending.cents < sum(i.total for t in snapshots[2].tabs for i in t.items)
+    text = report.verdict
+    assert text.startswith("Septembre 2025 : pas encore tout dans Recyclic — ")
+    assert f"{euros(report.total.pending.cents)} pas encore transmis" in text
+    assert f"{euros(held)} bloqués" in text
+    assert "2 session(s) pas encore relue(s) ou encore ouverte(s) dans Paheko" in text
+    lines = {s.session_id: s for s in report.attention}
+    assert set(lines) == {2, 3, 4, 6}
+    assert lines[2].recyclic == "ouverte, transmission inachevée" and lines[4].paheko == "pas encore relue"
+    assert lines[6].paheko == "ouverte" and lines[3].state == "held"
+    rows = list(csv.reader(io.StringIO(render_csv(report))))
+    assert len(rows) == 1 + len(report.categories) + 1 + len(report.methods) + 1 + len(report.days) \
+        + len(report.category_days) + len(report.method_days)
+
+
+def test_gap_is_reported_and_stops_the_all_clear():
+    snap = {"opened": "2025-09-02T10:00:00+02:00", "methods": {"1": {"name": "Espèces"}},
+            "tabs": [{"id": 1, "items": [{"id": 1, "qty": 2, "weight": 500, "total": 800, "category_name": "Livres"}],
+                      "payments": [{"id": 1, "method_id": 1, "amount": 800}]}]}
+    mapped = {"sales": [{"tab_id": 1, "items": [{"paheko_item_id": 1, "category_id": "c", "quantity": 2,
+                                                  "weight_grams": 1000, "total_cents": 700}],
+                         "payments": [{"code": "cash", "amount_cents": 700, "paheko_payment_ids": [1],
+                                       "paheko_amounts_cents": [700]}]}],
+              "skipped": [], "opening": {}, "close_session": True}
+    s = LedgerSession("shop", 1, "forwarded", None, snap, mapped, {("sale", 1): ("done", "x"), ("close", 1): ("done", "y")})
+    report = reconcile("shop", [s], date(2025, 9, 1), date(2025, 9, 30))
+    assert not report.balanced and report.total.gap.cents == 100
+    assert "écart" in report.verdict and len(report.findings) == 2
+    fixed = replace(s, mapped={**mapped, "sales": [{**mapped["sales"][0], "items": [
+        {**mapped["sales"][0]["items"][0], "total_cents": 800}], "payments": [
+        {**mapped["sales"][0]["payments"][0], "amount_cents": 800, "paheko_amounts_cents": [800]}]}]})
+    assert reconcile("shop", [fixed], date(2025, 9, 1), date(2025, 9, 30)).verdict == \
+        "Septembre 2025 : tout est dans Recyclic."
+
+
+def test_words():
+    assert euros(-300) == "-3,00 €" and euros(123456789) == "1\u202f234\u202f567,89 €"
+    assert kilos(1350) == "1,350 kg" and kilos(-5) == "-0,005 kg"
+    assert period_label(date(2025, 9, 1), date(2025, 9, 30)) == "Septembre 2025"
+    assert period_label(date(2024, 2, 1), date(2024, 2, 29)) == "Février 2024"
+    assert period_label(date(2025, 9, 1), date(2025, 9, 29)) == "Du 01/09/2025 au 29/09/2025"
+    assert cents_of(70.85000000000001) == 7085 and grams_of(35.000000000000064) == 35000 and grams_of(None) == 0
+    row = Row("x")
+    row.paheko.add(1, 2, 3)
+    row.left_out["refunds"].add(1, 2, 3)
+    assert not row.gap and row.accounted == Figures(1, 2, 3)
