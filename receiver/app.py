@@ -35,6 +35,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.wsgi_app = TrustedProxies(app.wsgi_app, parse_networks(config.receiver.trusted_proxies))
 
     from receiver import ops
+    from receiver.intake import report as _month_report  # noqa: F401 — registers the month view's route
     from receiver.intake import routes
 
     app.register_blueprint(routes.bp)

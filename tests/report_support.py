@@ -89,8 +89,8 @@ def shop_session(rng: random.Random, session_id: int, day: date, tickets: int, i
 
 
 def fill_ledger(ledger: Ledger, days: list[date], tickets_per_day: int, *, seed: int = 1,
-                unfinished: dict[int, str] | None = None) -> dict[int, SessionSnapshot]:
-    """One forwarded session per day (session ids from 1) in ``ledger``, source ``shop``. ``unfinished``
+                unfinished: dict[int, str] | None = None, source: str = "shop") -> dict[int, SessionSnapshot]:
+    """One forwarded session per day (session ids from 1) in ``ledger``, for ``source``. ``unfinished``
     maps a session id to the state it stops in (``held`` before mapping, ``mapped`` with half its sales sent,
     ``notified``)."""
     rng = random.Random(seed)
@@ -101,7 +101,7 @@ def fill_ledger(ledger: Ledger, days: list[date], tickets_per_day: int, *, seed:
     for number, day in enumerate(days, start=1):
         snapshot = shop_session(rng, number, day, tickets_per_day, ids)
         snapshots[number] = snapshot
-        entry = ledger.record_notification("shop", number, {"closed": f"{day} 18:00:00"}, origin="module").entry
+        entry = ledger.record_notification(source, number, {"closed": f"{day} 18:00:00"}, origin="module").entry
         stop = unfinished.get(number)
         if stop == "notified":
             continue
