@@ -128,7 +128,8 @@ def _compare_sale(where: str, mapped: dict, detail: dict, out: Verification) -> 
     if payments:
         got = Counter()
         for payment in payments:
-            got[str(payment.get("payment_method") or payment.get("payment_method_code")).lower()] += \
+            # v2: the code sent is payment_method_code; payment_method is an old enum (transfer reads "card")
+            got[str(payment.get("payment_method_code") or payment.get("payment_method")).lower()] += \
                 cents_of(payment.get("amount"))
     else:  # Recyclic 1.3: one method per sale, no payment rows
         got = Counter({str(detail.get("payment_method") or "").lower(): cents_of(detail.get("total_amount"))})
