@@ -195,3 +195,26 @@ def test_words():
     row.paheko.add(1, 2, 3)
     row.left_out["refunds"].add(1, 2, 3)
     assert not row.gap and row.accounted == Figures(1, 2, 3)
+
+
+def test_sessions_still_open_in_paheko_are_listed(carried):
+    import sqlite3
+
+    con = sqlite3.connect(carried.paheko_db)
+    try:
+        con.execute("INSERT INTO plugin_pos_sessions (id, id_location, opened, open_user) "
+                    "VALUES (3, 1, '2026-11-25 09:30:00', 'Alice')")
+        con.commit()
+        result = CliRunner().invoke(main, ["--config", str(carried.config.path), "report", "--source", "lab",
+                                           "--month", "2026-11"])
+    finally:
+        con.execute("DELETE FROM plugin_pos_sessions WHERE id = 3")
+        con.commit()
+        con.close()
+    assert result.exit_code == 0, result.output  # every figure accounted for; one session to watch
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("Novembre 2026 : pas encore tout dans Recyclic — 1 session(s) pas encore relue(s) "
+                            "ou encore ouverte(s) dans Paheko"), first
+    assert "Sessions à surveiller : 1 sur 3" in result.stdout
+    line = next(x for x in result.stdout.splitlines() if x.strip().startswith("3 "))
+    assert "25/11" in line and "ouverte" in line and "pas encore transmise" in line
