@@ -18,6 +18,7 @@ from receiver.reread.snapshot import (
     METHOD_CASH, METHOD_TRACKED, PRICING_PER_KG, PRICING_QTY, Balance, Category, Item, Location, Method, Payment,
     SessionSnapshot, Tab, Totals, dump_snapshot,
 )
+from receiver.reread.snapshot import _with_computed as with_computed
 
 PARIS = ZoneInfo("Europe/Paris")
 #: Paheko category → (grams per unit or None, price range in cents, per kg?)
@@ -73,19 +74,16 @@ def shop_session(rng: random.Random, session_id: int, day: date, tickets: int, i
             method = 1 if amount < 0 else rng.choice((1, 1, 2, 3))
             payments.append(Payment(ids[1], method, when, amount, None, None, METHODS[method].type))
         tabs.append(Tab(session_id * 1000 + n, None, None, when, when, items, payments))
-    by_method: dict[int, int] = {}
-    for p in (p for tab in tabs for p in tab.payments):
-        by_method[p.method_id] = by_method.get(p.method_id, 0) + p.amount
-    items = [i for tab in tabs for i in tab.items]
-    totals = Totals(sum(i.total for i in items), len(tabs), by_method,
-                    sum(i.qty * i.weight for i in items if i.weight is not None))
-    cash = 5000 + by_method.get(1, 0)
-    return SessionSnapshot(
+    total = sum(i.total for tab in tabs for i in tab.items)
+    cash = 5000 + sum(p.amount for tab in tabs for p in tab.payments if p.method_id == 1)
+    read = SessionSnapshot(
         source="shop", session_id=session_id, caisse_version="0.8.12", layout="0.8.12+", timezone="Europe/Paris",
         opened=opened, closed=opened + timedelta(hours=8), open_user="Alice", close_user="Alice",
-        location=Location(1, "Boutique"), result=totals.items_total, nb_tabs=len(tabs),
-        balances=[Balance(1, "Espèces", 5000, cash, 0, cash)], tabs=tabs, methods=METHODS,
-        categories={n: Category(n, name, None) for n, name in enumerate(SHOP, start=1)}, totals=totals, checks=[])
+        location=Location(1, "Boutique"), result=total, nb_tabs=len(tabs),
+        balances=[Balance(1, "Espèces", 5000, cash, 0, 0)], tabs=tabs, methods=METHODS,
+        categories={n: Category(n, name, None) for n, name in enumerate(SHOP, start=1)},
+        totals=Totals(0, 0, {}, 0), checks=[])
+    return with_computed(read, has_result=True, has_nb_tabs=True)  # totals and checks as a re-read makes them
 
 
 def fill_ledger(ledger: Ledger, days: list[date], tickets_per_day: int, *, seed: int = 1,

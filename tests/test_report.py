@@ -141,6 +141,7 @@ def test_unfinished_sessions_are_pending_held_or_unread(tmp_path):
     ledger.migrate()
     days = [date(2025, 9, d) for d in (2, 3, 4, 5, 6)]
     snapshots = fill_ledger(ledger, days, 12, unfinished={2: "mapped", 3: "held", 4: "notified"})
+    assert all(s.consistent for s in snapshots.values())  # generated like a re-read: its checks pass
     try:
         report = reconcile("shop", load_sessions(ledger, "shop", date(2025, 9, 1), date(2025, 9, 30)),
                            date(2025, 9, 1), date(2025, 9, 30), open_in_paheko=[(6, date(2025, 9, 7))])
