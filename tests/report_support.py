@@ -11,9 +11,9 @@ from zoneinfo import ZoneInfo
 from receiver.ledger import Ledger, State
 from receiver.ledger import tables as t
 from receiver.ledger.store import utcnow
-from receiver.mapping.config import MappingSchema
-from receiver.mapping.mapper import MappingHeld, map_session
-from receiver.mapping.model import dump_mapped
+from receiver.sinks.recyclic.mapping.config import MappingSchema
+from receiver.sinks.recyclic.mapping.mapper import MappingHeld, map_session
+from receiver.sinks.recyclic.mapping.model import dump_mapped
 from receiver.reread.snapshot import (
     METHOD_CASH, METHOD_TRACKED, PRICING_PER_KG, PRICING_QTY, Balance, Category, Item, Location, Method, Payment,
     SessionSnapshot, Tab, Totals, dump_snapshot,

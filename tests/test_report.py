@@ -71,7 +71,7 @@ def test_other_months_and_sources_are_empty(carried):
 
 
 def test_verify_against_recyclic_finds_nothing_then_each_tampering(carried):
-    from receiver.forward.recyclic_client import RecyclicClient
+    from receiver.sinks.recyclic.client import RecyclicClient
 
     sessions = load_sessions(carried.ledger, "lab", *NOVEMBER)
     client = RecyclicClient(carried.config.sources["lab"].sink)

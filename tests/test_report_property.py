@@ -12,8 +12,8 @@ from datetime import date, datetime, timedelta, timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from receiver.mapping.mapper import MappingHeld, map_session
-from receiver.mapping.model import dump_mapped
+from receiver.sinks.recyclic.mapping.mapper import MappingHeld, map_session
+from receiver.sinks.recyclic.mapping.model import dump_mapped
 from receiver.report.reconcile import GROUPS, LedgerSession, group_of, reconcile
 from receiver.reread.snapshot import dump_snapshot
 from tests.test_mapping_property import mappings, sessions

@@ -85,7 +85,7 @@ pin = "{env['PIN']}"
 
 
 def test_verify_reads_back_what_was_forwarded(tmp_path):
-    from receiver.forward.recyclic_client import RecyclicClient
+    from receiver.sinks.recyclic.client import RecyclicClient
 
     db = tmp_path / "paheko.sqlite"
     shutil.copy(FIXTURES / "paheko-caisse.sqlite", db)

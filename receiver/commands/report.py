@@ -54,28 +54,28 @@ def open_in_paheko(source, since: date, until: date) -> tuple[list[tuple[int, da
     return [(row["id"], date.fromisoformat(str(row["opened"])[:10])) for row in rows], None
 
 
-def recyclic_getter(source):
-    """A ``get(path)`` on the source's Recyclic (its sink configuration), and the client to close."""
-    from receiver.forward.config import RecyclicSinkConfig
-    from receiver.forward.recyclic_client import RecyclicClient
+def recyclic_client(source, ledger):
+    """The source's Recyclic client, as its sink builds it: its logins count in the ledger with the worker's
+    (Recyclic refuses the 11th login a minute from one address)."""
+    from receiver.sinks.recyclic import RecyclicSinkConfig
+    from receiver.sinks.recyclic.sink import RecyclicSink
 
     if not isinstance(source.sink, RecyclicSinkConfig):
         raise click.ClickException(f"--verify: source {source.name!r} does not forward to Recyclic.")
-    client = RecyclicClient(source.sink)
-    return client.get, client
+    return RecyclicSink(source.sink, ledger=ledger).client
 
 
-def run_verify(report: Report, sessions, source) -> None:
+def run_verify(report: Report, sessions, source, ledger) -> None:
     from receiver.report.verify import verify
 
-    get, client = recyclic_getter(source)
+    client = recyclic_client(source, ledger)
     try:
         try:
             report.category_names.update({c.id: c.name for c in client.categories()})
         except Exception as exc:  # noqa: BLE001 — names are a nicety; the comparison still runs
             click.echo(f"Recyclic categories not read ({exc}); ids are shown.", err=True)
         with click.progressbar(length=len(sessions), label="Reading Recyclic back", file=sys.stderr) as bar:
-            result = verify(sessions, get, progress=bar.update)
+            result = verify(sessions, client.get, progress=bar.update)
     except Exception as exc:  # noqa: BLE001
         raise click.ClickException(f"--verify stopped: {exc}") from None
     finally:
@@ -127,7 +127,7 @@ def report(source: str | None, month: str | None, since: datetime | None, until:
         click.echo(note, err=True)
     result = reconcile(src.name, sessions, first, last, open_in_paheko=opened)
     if verify:
-        run_verify(result, sessions, src)
+        run_verify(result, sessions, src, svc.ledger)
     if html_path is not None:
         stamp = f"Établi le {datetime.now(src.timezone):%d/%m/%Y à %H:%M} depuis le registre du récepteur" + (
             ", vérifié dans Recyclic." if verify else ".")
