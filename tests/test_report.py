@@ -191,6 +191,7 @@ def test_words():
     assert period_label(date(2025, 9, 1), date(2025, 9, 30)) == "Septembre 2025"
     assert period_label(date(2024, 2, 1), date(2024, 2, 29)) == "Février 2024"
     assert period_label(date(2025, 9, 1), date(2025, 9, 29)) == "Du 01/09/2025 au 29/09/2025"
+    assert period_label(date(2025, 1, 1), date(2025, 12, 31)) == "Année 2025"
     assert cents_of(70.85000000000001) == 7085 and grams_of(35.000000000000064) == 35000 and grams_of(None) == 0
     row = Row("x")
     row.paheko.add(1, 2, 3)
@@ -219,3 +220,21 @@ def test_sessions_still_open_in_paheko_are_listed(carried):
     assert "Sessions à surveiller : 1 sur 3" in result.stdout
     line = next(x for x in result.stdout.splitlines() if x.strip().startswith("3 "))
     assert "25/11" in line and "ouverte" in line and "pas encore transmise" in line
+
+
+def test_document_sinks_count_the_whole_session_as_forwarded():
+    """File and webhook sinks record one ``document`` per session: every sale in it is forwarded."""
+    snap = {"opened": "2025-09-02T10:00:00+02:00", "methods": {"1": {"name": "CB"}},
+            "tabs": [{"id": 4, "items": [{"id": 9, "qty": 1, "weight": None, "total": 500, "category_name": "Jouets"}],
+                      "payments": [{"id": 3, "method_id": 1, "amount": 500}]}]}
+    mapped = {"sales": [{"tab_id": 4, "items": [{"paheko_item_id": 9, "category_id": "j", "quantity": 1,
+                                                  "weight_grams": 0, "total_cents": 500}],
+                         "payments": [{"code": "card", "amount_cents": 500, "paheko_payment_ids": [3],
+                                       "paheko_amounts_cents": [500]}]}], "skipped": []}
+    waiting = LedgerSession("shop", 1, "mapped", None, snap, mapped, {})
+    sent = replace(waiting, state="forwarded", forwards={("document", 1): ("done", "sha256:…")})
+    before = reconcile("shop", [waiting], date(2025, 9, 1), date(2025, 9, 30))
+    after = reconcile("shop", [sent], date(2025, 9, 1), date(2025, 9, 30))
+    assert before.total.pending.cents == 500 and before.payments_total.pending.cents == 500
+    assert after.total.forwarded.cents == 500 and after.payments_total.forwarded.cents == 500
+    assert after.sessions[0].recyclic == "transmise (document)" and after.complete

@@ -418,10 +418,12 @@ def gap_words(figures: Figures) -> str:
 
 
 def period_label(since: date, until: date) -> str:
-    """``Septembre 2025`` for a whole calendar month, else ``Du 01/09/2025 au 15/09/2025``."""
+    """``Septembre 2025`` for a whole calendar month, ``Année 2025``, else ``Du 01/09/2025 au 15/09/2025``."""
     next_month = (since.replace(day=28) + timedelta(days=4)).replace(day=1)
     if since.day == 1 and until == next_month - timedelta(days=1):
         return f"{MONTHS[since.month - 1].capitalize()} {since.year}"
+    if (since.month, since.day, until.month, until.day) == (1, 1, 12, 31) and since.year == until.year:
+        return f"Année {since.year}"
     if since == until:
         return f"Le {since:%d/%m/%Y}"
     return f"Du {since:%d/%m/%Y} au {until:%d/%m/%Y}"
