@@ -54,7 +54,6 @@ api_user = "{PAHEKO_KEY[0]}"
 api_password = "{PAHEKO_KEY[1]}"
 
 [sources.{source}.mapping]
-profile = "v2"
 close_session = true
 default_operator = "{env['OPERATOR']}"
 
@@ -77,6 +76,7 @@ refunds = "skip"
 
 [sources.{source}.sink]
 type = "recyclic"
+profile = "v2"
 url = "{env['URL']}"
 username = "{env['USER']}"
 password = "{env['PASSWORD']}"
