@@ -37,25 +37,46 @@ def carried(tmp_path_factory):
     p.ledger.close()
 
 
+def fixture_expectations(carried) -> dict:
+    """The fixture month's figures counted without the report: Paheko's from the snapshots, Recyclic's from
+    the stand-in's own store, the left-out refunds from the mapped documents' skipped parts."""
+    entries = carried.ledger.list(source="lab")
+    store = carried.recyclic_app.store
+    parts = [p for e in entries for p in e.mapped["skipped"] if p["kind"] == "refunds"]
+    return {
+        "paheko": (sum(e.snapshot["totals"]["items_total"] for e in entries),
+                   sum(e.snapshot["totals"]["weight_grams"] for e in entries)),
+        "recyclic": (sum(s.total_amount for s in store.sales.values()),
+                     sum(line.weight_g for s in store.sales.values() for line in s.items)),
+        "refund_lines": (sum(p["amount_cents"] for p in parts if p["item_id"] is not None),
+                         sum(p["weight_grams"] for p in parts if p["item_id"] is not None)),
+        "sales": sum(1 for e in entries for (kind, _), f in carried.ledger.forwards_of(e.id).items()
+                     if kind == "sale" and f.status == "done"),
+    }
+
+
+def fixture_verdict(expected: dict) -> str:
+    cents, grams = expected["refund_lines"]
+    return ("Novembre 2026 : tout est dans Recyclic, sauf " + euros(abs(cents)) + " de remboursements"
+            + (f" ({kilos(abs(grams))})" if grams else "") + ".")
+
+
 def test_fixture_month_figures_and_verdict(carried):
     sessions = load_sessions(carried.ledger, "lab", *NOVEMBER)
     report = reconcile("lab", sessions, *NOVEMBER)
+    expected = fixture_expectations(carried)
     assert report.balanced and report.complete and not report.findings
-    # Same figures as the snapshots: 197,40 € sold, 97,300 kg, 24 articles.
-    total = sum(e.snapshot["totals"]["items_total"] for e in carried.ledger.list())
-    grams = sum(e.snapshot["totals"]["weight_grams"] for e in carried.ledger.list())
-    assert (report.total.paheko.cents, report.total.paheko.grams) == (total, grams) == (19740, 97300)
-    assert (report.total.forwarded.cents, report.total.forwarded.grams) == (19140, 93300)
+    # the fixture: 197,40 € and 97,300 kg sold in Paheko, some refunds left out (how many: the mapping decides)
+    assert (report.total.paheko.cents, report.total.paheko.grams) == expected["paheko"] == (19740, 97300)
+    assert (report.total.forwarded.cents, report.total.forwarded.grams) == expected["recyclic"]
     refunds = report.total.left_out["refunds"]
-    assert (refunds.cents, refunds.grams) == (600, 4000)
-    # What Recyclic's stand-in holds is what the report says was forwarded.
-    store = carried.recyclic_app.store
-    assert sum(s.total_amount for s in store.sales.values()) == report.total.forwarded.cents
-    assert sum(line.weight_g for s in store.sales.values() for line in s.items) == report.total.forwarded.grams
-    assert report.verdict == "Novembre 2026 : tout est dans Recyclic, sauf 6,00 € de remboursements (4,000 kg)."
+    assert (refunds.cents, refunds.grams) == expected["refund_lines"] != (0, 0)
+    assert report.total.paheko.cents == expected["recyclic"][0] + expected["refund_lines"][0]
+    assert report.verdict == fixture_verdict(expected)
     by_method = {row.label: row for row in report.methods}
-    assert by_method["Chèque"].left_out["refunds"].cents == 900 and by_method["Chèque"].targets == {"check"}
-    assert sum(row.forwarded.cents for row in report.methods) == 19140
+    assert by_method["CB"].targets == {"card"} and by_method["Monnaie locale"].paheko.cents == 1000
+    assert sum(row.forwarded.cents for row in report.methods) == expected["recyclic"][0]
+    assert sum(row.paheko.cents for row in report.methods) == 19740
     assert [d.day for d in report.days] == [date(2026, 11, 24)]
     assert [(s.session_id, s.paheko, s.recyclic) for s in report.sessions] == [(1, "fermée", "fermée"),
                                                                                (2, "fermée", "fermée")]
@@ -77,7 +98,7 @@ def test_verify_against_recyclic_finds_nothing_then_each_tampering(carried):
     client = RecyclicClient(carried.config.sources["lab"].sink)
     try:
         clean = verify(sessions, client.get)
-        assert clean.findings == [] and clean.sessions == 2 and clean.sales == 8
+        assert clean.findings == [] and clean.sessions == 2 and clean.sales == fixture_expectations(carried)["sales"]
         store = carried.recyclic_app.store
         sale = next(s for s in store.sales.values() if len(s.items) > 1)
         line = sale.items[0]
@@ -114,8 +135,8 @@ def test_report_command_text_csv_html(carried, tmp_path):
     result = runner.invoke(main, ["--config", config, "report", "--source", "lab", "--month", "2026-11",
                                   "--html", str(html)])
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[0] == \
-        "Novembre 2026 : tout est dans Recyclic, sauf 6,00 € de remboursements (4,000 kg)."
+    expected = fixture_expectations(carried)
+    assert result.stdout.splitlines()[0] == fixture_verdict(expected)
     page = html.read_text(encoding="utf-8")
     assert 'id="chart-kg"' in page and 'id="chart-euros"' in page and "src=" not in page and "<script" not in page
     result = runner.invoke(main, ["--config", config, "report", "--source", "lab", "--since", "2026-11-20",
@@ -125,13 +146,13 @@ def test_report_command_text_csv_html(carried, tmp_path):
     assert list(rows[0]) == csv_header()
     total = next(r for r in rows if r["section"] == "category_total")
     assert (int(total["paheko_cents"]), int(total["forwarded_cents"]), int(total["left_out_refunds_cents"])) == \
-        (19740, 19140, 600)
+        (19740, expected["recyclic"][0], expected["refund_lines"][0])
     cats = [r for r in rows if r["section"] == "category"]
     assert sum(int(r["paheko_grams"]) for r in cats) == int(total["paheko_grams"]) == 97300
     result = runner.invoke(main, ["--config", config, "report", "--source", "lab", "--month", "2026-11",
                                   "--verify", "--no-paheko"])
     assert result.exit_code == 0, result.output
-    assert "2 session(s), 8 sale(s)" in result.stderr and "0 difference(s)" in result.stderr
+    assert f"2 session(s), {expected['sales']} sale(s)" in result.stderr and "0 difference(s)" in result.stderr
     assert runner.invoke(main, ["--config", config, "report", "--source", "nope"]).exit_code == 2
     assert runner.invoke(main, ["--config", config, "report", "--month", "2026-13"]).exit_code == 2
 

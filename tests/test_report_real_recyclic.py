@@ -110,13 +110,15 @@ def test_verify_reads_back_what_was_forwarded(tmp_path):
         closed = [ledger.forwards_of(e.id)[("close", e.session_id)].sink_id for e in entries]
         sessions = load_sessions(ledger, source, *NOVEMBER)
         report = reconcile(source, sessions, *NOVEMBER)
-        assert report.verdict == "Novembre 2026 : tout est dans Recyclic, sauf 6,00 € de remboursements (4,000 kg)."
+        assert report.complete and report.verdict.startswith("Novembre 2026 : tout est dans Recyclic, sauf ")
         started = time.perf_counter()
         result = verify(sessions, client.get)
         elapsed = time.perf_counter() - started
         print(f"verify: {result.sessions} sessions, {result.sales} sales, {result.requests} requests, "
               f"{elapsed:.2f} s, findings {result.findings}")
-        assert result.findings == [] and result.sessions == 2 and result.sales == 8
+        sent = sum(1 for e in entries for (kind, _), f in ledger.forwards_of(e.id).items()
+                   if kind == "sale" and f.status == "done")
+        assert result.findings == [] and result.sessions == 2 and result.sales == sent >= 8
         # a ledger that says one more gram was sent than Recyclic holds: exactly that finding
         first = sessions[0]
         doc = json.loads(json.dumps(first.mapped))
