@@ -247,3 +247,27 @@ def test_a_rolled_back_notification_wakes_nobody(pg_url):
         except RuntimeError:
             pass
         assert not lab.wait(1.0)  # NOTIFY is delivered on commit only
+
+
+def test_month_report_reads_the_same_from_postgresql(pg_url, tmp_path):
+    """The report's ledger reading (documents, forward records) gives the same report on PostgreSQL."""
+    from datetime import date
+
+    from receiver.report.ledger import load_sessions
+    from receiver.report.reconcile import reconcile
+    from receiver.report.render import render_csv
+    from tests.report_support import fill_ledger
+
+    days = [date(2025, 9, d) for d in (1, 2, 3, 4)]
+    reports = []
+    for url in (pg_url, f"sqlite:///{tmp_path / 'l.sqlite'}"):
+        ledger = Ledger(url)
+        ledger.migrate()
+        try:
+            fill_ledger(ledger, days, 6, unfinished={2: "mapped", 3: "held"})
+            sessions = load_sessions(ledger, "shop", date(2025, 9, 1), date(2025, 9, 30))
+        finally:
+            ledger.close()
+        reports.append(reconcile("shop", sessions, date(2025, 9, 1), date(2025, 9, 30)))
+    assert reports[0].total.pending.cents > 0 and reports[0].total.held.cents > 0
+    assert render_csv(reports[0]) == render_csv(reports[1]) and reports[0].verdict == reports[1].verdict
