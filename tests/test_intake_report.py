@@ -42,6 +42,8 @@ def test_month_view_verdict_and_table(client, september):
             + c["bloque"]["centimes"] + c["en_attente"]["centimes"]
         assert row["kg_paheko"] == kilos(c["paheko"]["grammes"])
     assert [s["session"] for s in body["sessions_a_surveiller"]] == [3]
+    clothes = next(row for row in body["categories"] if row["categorie"] == "Vêtements")
+    assert clothes["categories_recyclic"] == ["00000000-0000-4000-8000-000000000010"]
     assert body["sessions"] == 3
 
 

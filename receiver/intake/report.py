@@ -43,6 +43,7 @@ def _row(row: Row) -> dict:
     left = row.left_out_total
     return {
         "categorie": row.label,
+        "categories_recyclic": sorted(row.targets),  # Recyclic category ids its forwarded lines went to
         "articles": str(row.paheko.items),
         "kg_paheko": kilos(row.paheko.grams),
         "kg_recyclic": kilos(row.forwarded.grams),
