@@ -60,10 +60,15 @@ def _row(row: Row) -> dict:
 
 
 def report_view(report: Report) -> dict:
+    before = report.since - timedelta(days=1)
+    after = report.until + timedelta(days=1)
     return {
         "source": report.source,
         "periode": {"debut": report.since.isoformat(), "fin": report.until.isoformat(),
                     "libelle": report.period_label},
+        # for the module's links (Brindille has no date arithmetic)
+        "mois_precedent": f"{before.year:04d}-{before.month:02d}",
+        "mois_suivant": f"{after.year:04d}-{after.month:02d}",
         "verdict": report.verdict,
         "tout_est_dans_recyclic": report.complete,
         "ton": "ok" if report.complete else "check" if report.balanced else "error",
