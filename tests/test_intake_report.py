@@ -95,17 +95,17 @@ def test_module_month_view_reads_only_what_the_route_answers(client, september):
     objects = {
         "api_answer": body,
         "row": body["categories"][0],
-        "total": body["total"],
         "column": body["colonnes"][0],
         "line": body["sessions_a_surveiller"][0],
     }
-    used = re.findall(r"\$(api_answer|row|total|column|line)\.(\w+)", template)
+    used = re.findall(r"\$(api_answer|row|column|line)\.(\w+)", template)
     assert {name for name, _ in used} == set(objects)
     missing = [f"${name}.{key}" for name, key in used if key not in objects[name]]
     assert missing == []
     # the table's cells follow the route's columns, in order
     cells = re.findall(r"\$row\.(\w+)", template)
-    assert cells == [key for key, _ in COLUMNS]
+    assert cells == ["est_total"] + [key for key, _ in COLUMNS]
+    assert body["total"]["est_total"] is True and not any(row["est_total"] for row in body["categories"])
 
 
 def test_module_month_page_never_calls_the_receiver_itself():

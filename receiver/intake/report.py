@@ -36,13 +36,14 @@ def _figures(f: Figures) -> dict:
             "euros": euros(f.cents)}
 
 
-def _row(row: Row) -> dict:
+def _row(row: Row, *, total: bool = False) -> dict:
     unsent = Figures()
     unsent.merge(row.held)
     unsent.merge(row.pending)
     left = row.left_out_total
     return {
         "categorie": row.label,
+        "est_total": total,
         "categories_recyclic": sorted(row.targets),  # Recyclic category ids its forwarded lines went to
         "articles": str(row.paheko.items),
         "kg_paheko": kilos(row.paheko.grams),
@@ -74,7 +75,7 @@ def report_view(report: Report) -> dict:
         "ton": "ok" if report.complete else "check" if report.balanced else "error",
         "colonnes": [{"cle": key, "libelle": label} for key, label in COLUMNS],
         "categories": [_row(row) for row in report.categories],
-        "total": _row(report.total),
+        "total": _row(report.total, total=True),
         "sessions": len(report.sessions),
         "sessions_a_surveiller": [
             {"session": s.session_id, "jour": s.day.isoformat() if s.day else None, "paheko": s.paheko,
