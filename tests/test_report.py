@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import replace
+from functools import partial
 from datetime import date
 
 import pytest
@@ -259,3 +260,44 @@ def test_document_sinks_count_the_whole_session_as_forwarded():
     assert before.total.pending.cents == 500 and before.payments_total.pending.cents == 500
     assert after.total.forwarded.cents == 500 and after.payments_total.forwarded.cents == 500
     assert after.sessions[0].recyclic == "transmise (document)" and after.complete
+
+
+def test_verify_sweep_finds_a_ticket_recyclic_holds_twice(carried):
+    """A Recyclic session the ledger did not forward, at the same site and day, holding one of this source's
+    tickets: the sweep reports it (one listing per site, one read per unknown session)."""
+    from receiver.dev.recyclic import CATEGORIES
+    from receiver.report.verify import Verification, sweep
+    from receiver.sinks.recyclic.sink import RecyclicSink, list_sessions
+
+    sessions = load_sessions(carried.ledger, "lab", *NOVEMBER)
+    sink = RecyclicSink(carried.config.sources["lab"].sink)
+    store = carried.recyclic_app.store
+    before = set(store.sessions)
+    try:
+        clean = Verification()
+        sweep(sessions, "lab", *NOVEMBER, carried.config.sources["lab"].timezone, partial(list_sessions, sink.client),
+              sink.client.get, clean)
+        assert clean.findings == []
+        opening = sessions[0].mapped["opening"]
+        other = sink.client.post("cash-sessions/", {
+            "operator_id": opening["operator_id"], "site_id": opening["site_id"], "register_id": opening["register_id"],
+            "initial_amount": 0, "opened_at": "2026-11-24T09:00:00+01:00"})["id"]
+        sink.client.post("sales/", {
+            "cash_session_id": other, "total_amount": 2.0, "note": "Paheko lab session 1 ticket 1",
+            "items": [{"category": CATEGORIES[0].id, "quantity": 1, "weight": 0.2, "unit_price": 2.0,
+                       "total_price": 2.0}],
+            "payments": [{"payment_method": "cash", "amount": 2.0}]})
+        found = Verification()
+        sweep(sessions, "lab", *NOVEMBER, carried.config.sources["lab"].timezone, partial(list_sessions, sink.client),
+              sink.client.get, found)
+        assert len(found.findings) == 1 and other in found.findings[0] and "session(s) Paheko 1" in found.findings[0]
+        # outside the period, nothing is looked at
+        december = Verification()
+        sweep(sessions, "lab", date(2026, 12, 1), date(2026, 12, 31), carried.config.sources["lab"].timezone,
+              partial(list_sessions, sink.client), sink.client.get, december)
+        assert december.findings == []
+    finally:
+        for session_id in set(store.sessions) - before:
+            for sale_id in store.sessions.pop(session_id).sale_ids:
+                store.sales.pop(sale_id, None)
+        sink.close()

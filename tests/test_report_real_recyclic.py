@@ -11,6 +11,7 @@ import os
 import random
 import shutil
 import time
+from functools import partial
 from dataclasses import replace
 from datetime import date
 
@@ -23,7 +24,8 @@ from receiver.dev.server import LocalServer
 from receiver.ledger import State
 from receiver.report.ledger import load_sessions
 from receiver.report.reconcile import reconcile
-from receiver.report.verify import verify
+from receiver.report.verify import Verification, sweep, verify
+from receiver.sinks.recyclic.sink import list_sessions
 from receiver.services import EXTENSION
 from receiver.worker import Worker
 from tests.conftest import FIXTURES
@@ -119,6 +121,12 @@ def test_verify_reads_back_what_was_forwarded(tmp_path):
         sent = sum(1 for e in entries for (kind, _), f in ledger.forwards_of(e.id).items()
                    if kind == "sale" and f.status == "done")
         assert result.findings == [] and result.sessions == 2 and result.sales == sent >= 8
+        # the sweep lists the period's sessions at the site: none but ours holds this source's tickets
+        swept = Verification()
+        sweep(sessions, source, *NOVEMBER, config.sources[source].timezone, partial(list_sessions, client),
+              client.get, swept)
+        print(f"sweep: {swept.requests} request(s), findings {swept.findings}")
+        assert swept.findings == []
         # a ledger that says one more gram was sent than Recyclic holds: exactly that finding
         first = sessions[0]
         doc = json.loads(json.dumps(first.mapped))

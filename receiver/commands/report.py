@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from functools import partial
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -54,21 +55,23 @@ def open_in_paheko(source, since: date, until: date) -> tuple[list[tuple[int, da
     return [(row["id"], date.fromisoformat(str(row["opened"])[:10])) for row in rows], None
 
 
-def recyclic_client(source, ledger):
-    """The source's Recyclic client, as its sink builds it: its logins count in the ledger with the worker's
-    (Recyclic refuses the 11th login a minute from one address)."""
+def recyclic_sink(source, ledger):
+    """The source's Recyclic sink (read-only use: its client and its session listing); its logins count in
+    the ledger with the worker's (Recyclic refuses the 11th login a minute from one address)."""
     from receiver.sinks.recyclic import RecyclicSinkConfig
     from receiver.sinks.recyclic.sink import RecyclicSink
 
     if not isinstance(source.sink, RecyclicSinkConfig):
         raise click.ClickException(f"--verify: source {source.name!r} does not forward to Recyclic.")
-    return RecyclicSink(source.sink, ledger=ledger).client
+    return RecyclicSink(source.sink, ledger=ledger)
 
 
 def run_verify(report: Report, sessions, source, ledger) -> None:
-    from receiver.report.verify import verify
+    from receiver.report.verify import sweep, verify
+    from receiver.sinks.recyclic.sink import list_sessions
 
-    client = recyclic_client(source, ledger)
+    sink = recyclic_sink(source, ledger)
+    client = sink.client
     try:
         try:
             report.category_names.update({c.id: c.name for c in client.categories()})
@@ -76,6 +79,8 @@ def run_verify(report: Report, sessions, source, ledger) -> None:
             click.echo(f"Recyclic categories not read ({exc}); ids are shown.", err=True)
         with click.progressbar(length=len(sessions), label="Reading Recyclic back", file=sys.stderr) as bar:
             result = verify(sessions, client.get, progress=bar.update)
+        sweep(sessions, source.name, report.since, report.until, source.timezone,
+              partial(list_sessions, client), client.get, result)
     except Exception as exc:  # noqa: BLE001
         raise click.ClickException(f"--verify stopped: {exc}") from None
     finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
@@ -139,3 +140,29 @@ def _compare_sale(where: str, mapped: dict, detail: dict, out: Verification) -> 
     if +got != +want:
         show = lambda c: ", ".join(f"{k} {euros(v)}" for k, v in sorted(c.items()) if v) or "aucun"  # noqa: E731
         out.findings.append(f"{where} : paiements {show(got)} dans Recyclic, {show(want)} transmis.")
+
+
+def sweep(sessions: list[LedgerSession], source: str, since: date, until: date, zone: tzinfo,
+          list_sessions: Callable[..., list[dict]], get: Callable[[str], Any], out: Verification) -> None:
+    """Recyclic sessions opened in the period at the period's sites that the ledger did not forward, but whose
+    sales carry this source's notes: a Paheko ticket held twice by Recyclic, or sent by another ledger."""
+    from receiver.sinks.recyclic.profiles import parse_sale_note
+
+    known = {rec[1] for s in sessions for (kind, _), rec in s.forwards.items() if kind == "session" and rec[1]}
+    sites = sorted({s.mapped["opening"]["site_id"] for s in sessions if s.mapped and s.mapped.get("opening")})
+    start = datetime.combine(since, time(0), zone).astimezone(UTC).isoformat()
+    end = datetime.combine(until + timedelta(days=1), time(0), zone).astimezone(UTC).isoformat()
+    for site in sites:
+        out.requests += 1
+        for row in list_sessions(site_id=site, date_from=start, date_to=end):
+            if row["id"] in known or row.get("number_of_sales") == 0:
+                continue
+            detail = _get(get, f"cash-sessions/{row['id']}", out)
+            notes = [parse_sale_note(sale.get("note")) for sale in (detail or {}).get("sales") or []]
+            paheko = sorted({n[1] for n in notes if n is not None and n[0] == source})
+            if paheko:
+                count = sum(1 for n in notes if n is not None and n[0] == source)
+                out.findings.append(
+                    f"Session Recyclic {row['id']} : {count} vente(s) de la source « {source} » (session(s) Paheko "
+                    f"{', '.join(map(str, paheko))}) que le registre n'y a pas transmises : doublon possible, "
+                    "à vérifier dans Recyclic.")

@@ -143,6 +143,20 @@ def _page(data: Any) -> list[dict[str, Any]]:
     return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
 
 
+def list_sessions(client: RecyclicClient, **filters: Any) -> list[dict[str, Any]]:
+    """Every session matching ``filters`` (empty ones included), page by page (also ``report --verify``'s)."""
+    rows: list[dict[str, Any]] = []
+    params = {k: v for k, v in filters.items() if v is not None}
+    for page in range(MAX_PAGES):
+        data = client.get("cash-sessions/", {**params, "include_empty": "true", "skip": page * PAGE, "limit": PAGE})
+        batch = [s for s in (load_remote(REMOTE_SESSION, r) for r in _page(data)) if s is not None]
+        rows.extend(batch)
+        total = data.get("total") if isinstance(data, dict) else None
+        if len(batch) < PAGE or (isinstance(total, int) and len(rows) >= total):
+            break
+    return rows
+
+
 class _Delivering:
     """One delivery attempt of one session."""
 
@@ -169,18 +183,7 @@ class _Delivering:
     # -- finding what Recyclic already holds ------------------------------------------------------------
 
     def list_sessions(self, **filters: Any) -> list[dict[str, Any]]:
-        """Every session matching ``filters`` (empty ones included), page by page."""
-        rows: list[dict[str, Any]] = []
-        params = {k: v for k, v in filters.items() if v is not None}
-        for page in range(MAX_PAGES):
-            data = self.client.get("cash-sessions/", {**params, "include_empty": "true", "skip": page * PAGE,
-                                                      "limit": PAGE})
-            batch = [s for s in (load_remote(REMOTE_SESSION, r) for r in _page(data)) if s is not None]
-            rows.extend(batch)
-            total = data.get("total") if isinstance(data, dict) else None
-            if len(batch) < PAGE or (isinstance(total, int) and len(rows) >= total):
-                break
-        return rows
+        return list_sessions(self.client, **filters)
 
     def ours(self, remote: dict[str, Any]) -> str:
         """Whose a Recyclic session is, by its sales' notes: ``ours``, ``empty`` or ``other``."""
