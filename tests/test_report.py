@@ -47,8 +47,8 @@ def fixture_expectations(carried) -> dict:
     return {
         "paheko": (sum(e.snapshot["totals"]["items_total"] for e in entries),
                    sum(e.snapshot["totals"]["weight_grams"] for e in entries)),
-        "recyclic": (sum(s.total_amount for s in store.sales.values()),
-                     sum(line.weight_g for s in store.sales.values() for line in s.items)),
+        "recyclic": (sum(s.total_amount for s in store.new_sales().values()),
+                     sum(line.weight_g for s in store.new_sales().values() for line in s.items)),
         "refund_lines": (sum(p["amount_cents"] for p in parts if p["item_id"] is not None),
                          sum(p["weight_grams"] for p in parts if p["item_id"] is not None)),
         "sales": sum(1 for e in entries for (kind, _), f in carried.ledger.forwards_of(e.id).items()
@@ -101,11 +101,11 @@ def test_verify_against_recyclic_finds_nothing_then_each_tampering(carried):
         clean = verify(sessions, client.get)
         assert clean.findings == [] and clean.sessions == 2 and clean.sales == fixture_expectations(carried)["sales"]
         store = carried.recyclic_app.store
-        sale = next(s for s in store.sales.values() if len(s.items) > 1)
+        sale = next(s for s in store.new_sales().values() if len(s.items) > 1)
         line = sale.items[0]
         saved = (line.weight_g, line.weight_kg)
         line.weight_g, line.weight_kg = line.weight_g + 5, (line.weight_g + 5) / 1000
-        lost_session = next(x for x in store.sessions.values() if sale.id not in x.sale_ids)
+        lost_session = next(x for x in store.new_sessions().values() if sale.id not in x.sale_ids)
         session = lost_session
         lost = session.sale_ids.pop()
         try:
@@ -122,7 +122,7 @@ def test_verify_against_recyclic_finds_nothing_then_each_tampering(carried):
         assert verify(sessions, client.get).findings == []
         # Observed on the real v2: a transfer payment reads back as payment_method "card" (the old enum),
         # payment_method_code "transfer"; the stand-in does the same, and --verify compares the code.
-        transfer = next(s for s in store.sales.values() if ("transfer", 1000) in s.payments)
+        transfer = next(s for s in store.new_sales().values() if ("transfer", 1000) in s.payments)
         rows = client.get(f"sales/{transfer.id}")["payments"]
         assert {(p["payment_method"], p["payment_method_code"]) for p in rows} >= {("card", "transfer")}
     finally:
