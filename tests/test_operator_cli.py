@@ -36,7 +36,7 @@ def test_root_help_shows_only_the_tools_own_options_and_commands():
     commands = set(main.commands)
     assert {"routes", "shell"}.isdisjoint(commands)
     assert commands == {"backfill", "check-config", "demo", "dev", "init", "ledger", "maintenance", "mapping",
-                        "module", "poll", "replay", "run", "status", "worker"}
+                        "module", "poll", "replay", "report", "run", "status", "worker"}
 
 
 def test_every_command_has_an_example_that_still_parses():
