@@ -393,3 +393,39 @@ def test_an_unmarked_empty_session_is_left_alone_while_another_opening_at_that_s
     assert_exactly_once(stand, a, legacy)
     assert_exactly_once(stand, b, delivered_b.reference)
     assert len(stand.sessions()) == 2 and all(s.status == "closed" for s in stand.sessions())
+
+
+@pytest.mark.parametrize("profile", ["v2", "legacy"])
+def test_a_sale_is_fsynced_before_it_leaves_only_where_recyclic_cannot_find_it_again(served, ledger, monkeypatch,
+                                                                                      profile):
+    """v2 keeps the note, by which a sale is found again whatever the ledger lost: its ``sending`` record is
+    committed (a crash keeps it) without an fsync. Recyclic 1.3 drops the note: the record must survive a
+    power cut. The session's own opening stays fsync'd in both."""
+    stand = plug(_TARGET, profile)
+    seen: list[tuple[str, str, bool | None]] = []
+    record = ledger.record_forward
+
+    def spy(entry_id, kind, paheko_id, *, status, durable=None, **kw):
+        seen.append((kind, status, durable))
+        return record(entry_id, kind, paheko_id, status=status, durable=durable, **kw)
+
+    monkeypatch.setattr(ledger, "record_forward", spy)
+    deliver(RecyclicSink(stand.config()), new_entry(ledger, 7), mapped_session(profile), ledger)
+    sales = [durable for kind, status, durable in seen if kind == "sale" and status == "sending"]
+    assert sales == [profile == "legacy"] * 3
+    assert [d for kind, status, d in seen if kind == "session" and status == "sending"] == [True]
+
+
+def test_a_v2_sale_whose_sending_record_a_power_cut_lost_is_found_by_its_note_not_sent_again(served, ledger):
+    """A power cut keeps a prefix of the ledger: the last sale's records (and all after) gone, its POST made."""
+    stand = plug(_TARGET, "v2")
+    entry = new_entry(ledger, 7)
+    first = deliver(RecyclicSink(stand.config()), entry, mapped_session(close=False), ledger)
+    assert len(stand.sales()) == 3
+    last = max(first.sales)
+    with ledger.transaction() as conn:
+        conn.exec_driver_sql("DELETE FROM forwards WHERE entry_id = ? AND kind = 'sale' AND paheko_id = ?",
+                             (entry.id, last))
+    again = deliver(RecyclicSink(stand.config()), entry, mapped_session(close=False), ledger)
+    assert len(stand.sales()) == 3 and again.sales == first.sales
+    assert ledger.forwards_of(entry.id)[("sale", last)].status == "done"

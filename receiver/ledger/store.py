@@ -626,15 +626,19 @@ class Ledger:
         sink_id: str | None = None,
         idempotency_key: str | None = None,
         detail: str | None = None,
+        durable: bool | None = None,
     ) -> None:
-        """Upsert one forward record and commit it (call with ``sending`` *before* the request leaves)."""
+        """Upsert one forward record and commit it (call with ``sending`` *before* the request leaves).
+
+        ``durable`` (default: for ``sending``) fsyncs the commit even inside :meth:`relaxed`."""
         if status not in ("sending", "done"):
             raise ValueError(f"unknown forward status {status!r}")
         row = dict(k_entry=entry_id, k_kind=kind, k_paheko=paheko_id, status=status, sink_id=sink_id,
                    idempotency_key=idempotency_key, detail=detail, updated_at=utcnow())
         # Two commits per sale: prebuilt statements keep them cheap. "sending" must survive a power
-        # cut (the request leaves next); losing "done" only means reading the sink back.
-        with self._write(durable=status == "sending") as conn:
+        # cut (the request leaves next) unless the destination itself settles it (see ForwardLog.once);
+        # losing "done" only means reading the sink back.
+        with self._write(durable=status == "sending" if durable is None else durable) as conn:
             if conn.execute(self._UPDATE_FORWARD, row).rowcount == 0:
                 conn.execute(t.forwards.insert(), dict(entry_id=entry_id, kind=kind, paheko_id=paheko_id,
                                                        **{k: v for k, v in row.items() if not k.startswith("k_")}))

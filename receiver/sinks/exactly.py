@@ -58,12 +58,19 @@ class ForwardLog:
 
     def once(self, kind: str, paheko_id: int, *, create: Callable[[], str],
              find: Callable[[], str | None] | None = None, key: str | None = None,
-             detail: str | None = None) -> str:
+             detail: str | None = None, find_settles: bool = False) -> str:
         """The destination's id of object (``kind``, ``paheko_id``), created at most once (see module doc).
 
         ``find`` returns the id of the object already in the destination, or ``None``; a sink that cannot
         look passes none, and then relies on ``key`` (an idempotency key the destination honours). A ``done``
         record under another ``key`` was another content (a document id is a digest): it does not count.
+
+        ``find_settles``: ``find`` recognises the object by a mark the destination keeps (a Recyclic v2 sale's
+        note), whatever the ledger holds. The ``sending`` record then only has to survive a crash of the
+        process (WAL keeps every commit), not a power cut: a power cut keeps a prefix of the ledger's
+        commits, so a lost ``sending`` takes with it every later record of the entry (its ``done``, its
+        state), the entry is delivered again, and ``find`` — always asked before a create when no ``done``
+        is recorded — adopts what the request made. Its fsync is skipped (the per-object cost).
         """
         record = self.records.get((kind, paheko_id))
         if (record is not None and record.status == "done" and record.sink_id is not None
@@ -75,7 +82,7 @@ class ForwardLog:
                 self.mark(kind, paheko_id, "done", sink_id=found, key=key, detail=FOUND)
                 return found
         previous = self.records.get((kind, paheko_id))
-        self.mark(kind, paheko_id, "sending", key=key)
+        self.mark(kind, paheko_id, "sending", key=key, durable=find is None or not find_settles)
         try:
             sink_id = create()
         except Exception as exc:
@@ -86,10 +93,10 @@ class ForwardLog:
         return sink_id
 
     def mark(self, kind: str, paheko_id: int, status: str, *, sink_id: str | None = None, key: str | None = None,
-             detail: str | None = None) -> None:
+             detail: str | None = None, durable: bool | None = None) -> None:
         """Record (and commit) a step; ``sending`` must be recorded before the request leaves."""
         self.ledger.record_forward(self.entry.id, kind, paheko_id, status=status, sink_id=sink_id,
-                                   idempotency_key=key, detail=detail)
+                                   idempotency_key=key, detail=detail, durable=durable)
         self.records[(kind, paheko_id)] = Forward(kind, paheko_id, status, sink_id, key, detail, utcnow())
 
     def unmark(self, kind: str, paheko_id: int, previous: Forward | None) -> None:

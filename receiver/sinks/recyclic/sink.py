@@ -387,6 +387,7 @@ class _Delivering:
         self.compare_sent(session_id)
         return {sale.tab_id: log_.once("sale", sale.tab_id, key=sale.idempotency_key,
                                        find=lambda tab=sale.tab_id: found.get(tab),
+                                       find_settles=self.profile.keeps_note,
                                        create=lambda s=sale: self.post_sale(session_id, s))
                 for sale in mapped.sales}
 
