@@ -46,7 +46,7 @@ POLL_DEADLINE = 20.0
 #: Longest an idle lane sleeps without a wake-up (covers entries released by hand, clock changes).
 IDLE_MAX = 10.0
 #: How long SIGTERM waits for steps in hand before the process exits regardless.
-STOP_GRACE = 8.0
+STOP_GRACE = 6.0
 
 
 @dataclass
@@ -129,15 +129,15 @@ class Runner:
 
     def stop(self, grace: float = STOP_GRACE) -> bool:
         """Stop every thread; wait up to ``grace`` seconds for steps in hand. True: all ended."""
+        deadline = time.monotonic() + grace
         self.stopping.set()
         self.doorbell.ring()
-        deadline = time.monotonic() + grace
+        self._stop_listening()  # before the joins: its own short join must not add to the grace
+        self._stop_listening = lambda: None
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         alive = [t.name for t in self._threads if t.is_alive()]
-        self._stop_listening()
         self.claims.close()
-        self._stop_listening = lambda: None
         if alive:
             log.warning("stopping with steps in hand; their claims expire and the next worker resumes them",
                         extra={"event": "stop", "threads": alive})
