@@ -51,6 +51,8 @@ password = "{password}"
 url = "{url}"
 api_user = "{key[0]}"
 api_password = "{key[1]}"
+# Its notifications name sessions from 10,000,000 up; its poller must not queue the lab's history again.
+first_session = 10000000
 """
 
 
