@@ -9,7 +9,11 @@ baseline. Prints p50/p99 latency, throughput and the ratio. Target (issue 2): p9
 Then the same notifications while a pipeline worker (another process, ``paheko-recyclic worker``)
 forwards a backlog at full speed through the local Paheko and Recyclic (a third process) into the
 same SQLite ledger; it prints the worker's throughput during the run beside the latencies.
-Target (issue 13 item 6): p99 under 20 ms with 4 clients.
+Target (issue 13 item 6): p99 under 20 ms with 4 clients. Two rows tell the machine's share from the
+ledger's: ``/healthz`` beside the same worker (no ledger write at all), and notifications beside one
+plain busy loop per core (no worker, nothing shared: what busy cores alone cost an fsync'd answer).
+
+Each client is a process of its own, as each Paheko is.
 
 Stalled connections (issue 13): ``--stalled N`` sockets (default 200) are held open in two variants —
 a request head that never ends, and a body with valid credentials sent one byte at a time — while
@@ -22,6 +26,7 @@ and their latency meanwhile (the former gunicorn set-up answered none once 8 soc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import base64
 import json
 import os
@@ -30,7 +35,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -86,32 +90,42 @@ def start_server(workdir: Path) -> tuple[subprocess.Popen, str]:
 
 
 def measure(url: str, requests: int, concurrency: int, make_request) -> tuple[list[float], float]:
-    """Latencies (ms) of ``requests`` calls spread over ``concurrency`` threads, and wall time (s)."""
-    latencies: list[float] = []
-    lock = threading.Lock()
-    counter = iter(range(requests))
+    """Latencies (ms) of ``requests`` calls spread over ``concurrency`` client processes, and wall time (s).
 
-    def run():
-        with httpx.Client(base_url=url, timeout=10) as client:
-            while True:
-                with lock:
-                    n = next(counter, None)
-                if n is None:
-                    return
-                started = time.perf_counter()
-                response = make_request(client, n)
-                elapsed = (time.perf_counter() - started) * 1000
-                assert response.status_code < 300, response.text
-                with lock:
-                    latencies.append(elapsed)
+    Each client is its own process, as each Paheko is: threads of one Python process would wait for
+    each other's interpreter lock (up to 5 ms a switch) and add that to every figure, server or not."""
+    import multiprocessing
 
-    threads = [threading.Thread(target=run) for _ in range(concurrency)]
+    ctx = multiprocessing.get_context("fork")
+    go = ctx.Event()
+    pipes, clients = [], []
+    for k in range(concurrency):
+        receiving, sending = ctx.Pipe(duplex=False)
+        share = range(k, requests, concurrency)
+        clients.append(ctx.Process(target=_client, args=(url, share, make_request, go, sending), daemon=True))
+        pipes.append(receiving)
+        clients[-1].start()
     started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return latencies, time.perf_counter() - started
+    go.set()
+    latencies = [ms for receiving in pipes for ms in receiving.recv()]
+    wall = time.perf_counter() - started
+    for client in clients:
+        client.join()
+        if client.exitcode:
+            raise SystemExit(f"a client failed (exit code {client.exitcode})")
+    return latencies, wall
+
+
+def _client(url: str, share: range, make_request, go, sending) -> None:
+    with httpx.Client(base_url=url, timeout=10) as client:
+        go.wait()
+        latencies = []
+        for n in share:
+            started = time.perf_counter()
+            response = make_request(client, n)
+            latencies.append((time.perf_counter() - started) * 1000)
+            assert response.status_code < 300, response.text
+    sending.send(latencies)
 
 
 class BackgroundWorker:
@@ -201,6 +215,18 @@ def stalled_connections(url: str, count: int, requests: int, make_request) -> li
     return rows
 
 
+@contextlib.contextmanager
+def busy_cores(count: int):
+    """``count`` processes spinning on the CPU (at the clients' and the receiver's priority) meanwhile."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
 def pct(values: list[float], p: float) -> float:
     return statistics.quantiles(values, n=1000)[int(p * 10) - 1] if len(values) > 1 else values[0]
 
@@ -236,7 +262,7 @@ def main() -> None:
             measure(url, 200, args.concurrency, health)  # warm-up
             measure(url, 200, args.concurrency, notify)
             offset[0] += 200
-            print(f"paheko-recyclic run (waitress) on loopback, {args.requests} requests per route, {args.concurrency} client threads, "
+            print(f"paheko-recyclic run (waitress) on loopback, {args.requests} requests per route, {args.concurrency} client processes, "
                   f"{os.cpu_count()} cores")
             rows = []
             for name, fn in (("trivial /healthz", health), ("notification (new session, committed)", notify)):
@@ -253,12 +279,21 @@ def main() -> None:
                 print(f"  {mode}: p99 ratio notification/trivial = {notif[3] / base[3]:.2f}x "
                       f"(p99 {notif[3]:.2f} ms; target < 20 ms and <= 3x, floor 1 ms) -> {verdict}")
             if worker is not None:
+                with busy_cores(os.cpu_count() or 1):
+                    lat, _ = measure(url, args.requests, args.concurrency, notify)
+                offset[0] += args.requests
+                print(f"  notification concurrent beside {os.cpu_count()} busy loop(s), no worker: "
+                      f"p50 {pct(lat, 50):6.2f} ms  p99 {pct(lat, 99):6.2f} ms (busy cores alone)")
+            if worker is not None:
                 worker.queue_backlog()
                 worker.start()
                 while worker.forwarded() < 20:  # wait until it forwards at full speed
                     time.sleep(0.2)
                 print(f"beside a pipeline worker ({args.worker_threads} thread(s), another process) forwarding "
                       f"a backlog of {args.backlog} sessions into the same SQLite ledger:")
+                lat, _ = measure(url, args.requests, args.concurrency, health)
+                print(f"  trivial /healthz concurrent  p50 {pct(lat, 50):6.2f} ms  p99 {pct(lat, 99):6.2f} ms  "
+                      "(no ledger write: the machine's share)")
                 for mode, concurrency in (("sequential", 1), ("concurrent", args.concurrency)):
                     before, started = worker.forwarded(), time.perf_counter()
                     lat, wall = measure(url, args.requests, concurrency, notify)
