@@ -324,3 +324,29 @@ def test_previous_credentials_work_during_rotation(tmp_path):
     ledger = app.extensions["paheko_recyclic"].ledger
     assert {e.source for e in ledger.list()} == {"lab"}
     ledger.close()
+
+
+def test_a_notification_is_answered_with_background_writes_held_back(client, ledger, monkeypatch):
+    """While the route records, the worker's writes (in another process) wait for the answer."""
+    import fcntl
+    import os
+
+    record, seen = ledger.record_notification, []
+
+    def probing(*args, **kwargs):
+        fd = os.open(ledger._gate.path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            seen.append("free")
+        except BlockingIOError:
+            seen.append("held")
+        finally:
+            os.close(fd)
+        return record(*args, **kwargs)
+
+    monkeypatch.setattr(ledger, "record_notification", probing)
+    assert post(client, GOOD).status_code == 201
+    fd = os.open(ledger._gate.path, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again once answered
+    os.close(fd)
+    assert seen == ["held"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -216,3 +218,77 @@ def test_next_due_is_the_earliest_retry_or_claim_expiry(store):
     assert store.claim("w", lease=timedelta(seconds=30), now=now).id == b.id
     assert store.next_due("lab", now=now) == now + timedelta(seconds=30)  # the claim may be abandoned
     assert store.next_due("other", now=now) is None
+
+
+# -- answering Paheko before background work ----------------------------------------------------
+
+def _timed_write(ledger: Ledger, *, background: bool) -> threading.Thread:
+    """A write in another thread (a worker's if ``background``); its thread's ``.took`` is its duration."""
+
+    def run():
+        started = time.monotonic()
+        with ledger.relaxed() if background else contextlib.nullcontext():
+            ledger.record_notification("lab", 99, {}, origin="poll")
+        thread.took = time.monotonic() - started
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+@pytest.fixture
+def receiver_and_worker(tmp_path):
+    """Two ledgers on one file, as the receiver's and the worker's processes have (one open file each)."""
+    url = f"sqlite:///{tmp_path / 'l.sqlite'}"
+    receiver, worker = Ledger(url), Ledger(url)
+    receiver.migrate()
+    yield receiver, worker
+    receiver.close()
+    worker.close()
+
+
+def test_a_background_write_waits_until_the_notification_is_answered(receiver_and_worker):
+    receiver, worker = receiver_and_worker
+    worker._gate.budget = 5.0
+    with receiver.answering():
+        write = _timed_write(worker, background=True)
+        time.sleep(0.3)
+        assert write.is_alive()
+    write.join(5)
+    assert 0.25 <= write.took < 1.5
+
+
+def test_the_wait_for_answers_is_bounded(receiver_and_worker):
+    receiver, worker = receiver_and_worker
+    worker._gate.budget = 0.2
+    with receiver.answering():
+        write = _timed_write(worker, background=True)
+        write.join(5)
+        assert not write.is_alive()
+    assert 0.15 <= write.took < 1.0
+
+
+def test_writes_that_answer_paheko_and_writes_while_nobody_waits_do_not_wait(receiver_and_worker):
+    receiver, worker = receiver_and_worker
+    worker._gate.budget = 5.0
+    quiet = _timed_write(worker, background=True)
+    quiet.join(5)
+    with worker.answering():
+        answer = _timed_write(receiver, background=False)
+        answer.join(5)
+    assert quiet.took < 1.0 and answer.took < 1.0
+
+
+def test_the_gate_stays_held_while_any_thread_still_answers(receiver_and_worker):
+    receiver, worker = receiver_and_worker
+    worker._gate.budget = 5.0
+    first, second = receiver.answering(), receiver.answering()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    write = _timed_write(worker, background=True)
+    time.sleep(0.2)
+    assert write.is_alive()
+    second.__exit__(None, None, None)
+    write.join(5)
+    assert not write.is_alive()

@@ -121,6 +121,11 @@ def _session_ids(raw: object) -> list[int] | None:
 @route("session-closed", "v1/session-closed", methods=["POST"])
 def session_closed():
     """Record a closed session in the ledger, then acknowledge it (201 new, 200 already known)."""
+    with services().ledger.answering():
+        return _record_session_closed()
+
+
+def _record_session_closed():
     svc = services()
     body, problem = _json_body()
     if problem:

@@ -14,6 +14,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 import threading
+import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import cached_property
@@ -197,6 +198,66 @@ class _FileLock:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
+class _IntakeGate:
+    """Answering Paheko before background work, across processes, on a file beside the SQLite ledger.
+
+    A receiver holds a shared ``flock`` on it while it answers notifications; a background write
+    (the worker's, inside :meth:`Ledger.relaxed`) first waits until nobody holds it, for at most
+    :attr:`budget` seconds. SQLite has one writer at a time: without the wait, each notification
+    queued behind the worker's commits (and the worker's CPU) while Paheko's page waited for the
+    answer (4 clients beside a forwarding worker: p99 36 ms; with it: 23 ms). The budget bounds what
+    a flood of notifications can cost the worker; notifications never wait for the worker's turn.
+    Holding and probing use two open files, so a process that answers and works sees its own answers.
+    """
+
+    budget = 0.02
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._mutex = threading.Lock()
+        self._answering = 0
+        self._fds: dict[str, int] = {}
+        self._pid = 0
+
+    def _fd(self, role: str) -> int:
+        if self._pid != os.getpid():  # a lock belongs to an open file: re-open after a fork
+            self._fds, self._pid, self._answering = {}, os.getpid(), 0
+        if role not in self._fds:
+            self._fds[role] = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+        return self._fds[role]
+
+    @contextmanager
+    def answering(self) -> Iterator[None]:
+        """Held while this process answers at least one notification (a count: threads share the lock)."""
+        with self._mutex:
+            if self._answering == 0:
+                fcntl.flock(self._fd("hold"), fcntl.LOCK_SH)
+            self._answering += 1
+        try:
+            yield
+        finally:
+            with self._mutex:
+                self._answering -= 1
+                if self._answering == 0:
+                    fcntl.flock(self._fd("hold"), fcntl.LOCK_UN)
+
+    def wait_for_answers(self) -> None:
+        """Return once no notification is being answered, or after :attr:`budget` seconds."""
+        deadline = time.monotonic() + self.budget
+        with self._mutex:
+            fd = self._fd("probe")
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return
+                time.sleep(0.001)
+                continue
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return
+
+
 class Ledger:
     """Access to the ledger database; one instance per process, safe to share between threads."""
 
@@ -210,6 +271,7 @@ class Ledger:
         # receiver thread losing that race to the worker's writes saw p99 of 100-450 ms).
         self._write_lock = threading.Lock() if url.startswith("sqlite") else None
         self._file_lock = _FileLock(_sqlite_path(url) + ".lock") if _sqlite_path(url) else None
+        self._gate = _IntakeGate(_sqlite_path(url) + ".intake") if _sqlite_path(url) else None
         self.wakeup = wakeup_for(url, self.engine)
         self._local = threading.local()
 
@@ -231,6 +293,10 @@ class Ledger:
         finally:
             self._local.relaxed = before
 
+    def answering(self):
+        """Around answering a notification: background writes wait (briefly) until it is answered."""
+        return self._gate.answering() if self._gate is not None else nullcontext()
+
     @contextmanager
     def _write(self, *, durable: bool = False) -> Iterator[Connection]:
         """A write transaction, committed on exit (``BEGIN IMMEDIATE`` on SQLite); fsync'd unless inside
@@ -239,7 +305,10 @@ class Ledger:
             with self.engine.begin() as conn:
                 yield conn
             return
-        relaxed = getattr(self._local, "relaxed", False) and not durable
+        background = getattr(self._local, "relaxed", False)
+        if background and self._gate is not None:
+            self._gate.wait_for_answers()
+        relaxed = background and not durable
         with self._write_lock, self._file_lock or nullcontext(), self.engine.connect() as conn:
             conn.info["immediate"] = "relaxed" if relaxed else "durable"
             try:
