@@ -292,3 +292,17 @@ def test_the_gate_stays_held_while_any_thread_still_answers(receiver_and_worker)
     second.__exit__(None, None, None)
     write.join(5)
     assert not write.is_alive()
+
+
+def test_a_gate_file_that_cannot_be_opened_costs_no_answer_and_says_so(receiver_and_worker, tmp_path, caplog):
+    receiver, worker = receiver_and_worker
+    for ledger in (receiver, worker):
+        ledger._gate.path = str(tmp_path / "missing" / "l.sqlite.intake")
+    with caplog.at_level("WARNING", logger="receiver.ledger"), receiver.answering():
+        receiver.record_notification("lab", 1, {}, origin="module")
+        write = _timed_write(worker, background=True)
+        write.join(5)
+    assert receiver.get("lab", 1) is not None and write.took < 1.0
+    assert [r.message for r in caplog.records if "intake gate" in r.message][:1] == [
+        f"intake gate {tmp_path / 'missing' / 'l.sqlite.intake'} unusable (No such file or directory): "
+        "the worker's writes no longer give way to answers"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator
 import threading
@@ -208,6 +209,8 @@ class _IntakeGate:
     answer (4 clients beside a forwarding worker: p99 36 ms; with it: 23 ms). The budget bounds what
     a flood of notifications can cost the worker; notifications never wait for the worker's turn.
     Holding and probing use two open files, so a process that answers and works sees its own answers.
+    The gate only orders work: a file it cannot open (another user's, a read-only directory) turns
+    it off for this process, with one warning, and never costs an answer.
     """
 
     budget = 0.02
@@ -216,37 +219,48 @@ class _IntakeGate:
         self.path = path
         self._mutex = threading.Lock()
         self._answering = 0
-        self._fds: dict[str, int] = {}
+        self._fds: dict[str, int | None] = {}
+        self._warned = False
         self._pid = 0
 
-    def _fd(self, role: str) -> int:
+    def _fd(self, role: str) -> int | None:
+        """This process's open file for ``role`` (None: the gate is off); call with the mutex held."""
         if self._pid != os.getpid():  # a lock belongs to an open file: re-open after a fork
             self._fds, self._pid, self._answering = {}, os.getpid(), 0
         if role not in self._fds:
-            self._fds[role] = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+            try:  # flock needs no write access: a readable file is enough
+                self._fds[role] = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o660)
+            except OSError as error:
+                if not self._warned:
+                    logging.getLogger("receiver.ledger").warning(
+                        "intake gate %s unusable (%s): the worker's writes no longer give way to answers",
+                        self.path, error.strerror, extra={"event": "intake_gate_off"})
+                    self._warned = True
+                self._fds[role] = None
         return self._fds[role]
 
     @contextmanager
     def answering(self) -> Iterator[None]:
         """Held while this process answers at least one notification (a count: threads share the lock)."""
         with self._mutex:
-            if self._answering == 0:
-                fcntl.flock(self._fd("hold"), fcntl.LOCK_SH)
+            fd = self._fd("hold")
+            if fd is not None and self._answering == 0:
+                fcntl.flock(fd, fcntl.LOCK_SH)
             self._answering += 1
         try:
             yield
         finally:
             with self._mutex:
                 self._answering -= 1
-                if self._answering == 0:
-                    fcntl.flock(self._fd("hold"), fcntl.LOCK_UN)
+                if fd is not None and self._answering == 0:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
 
     def wait_for_answers(self) -> None:
         """Return once no notification is being answered, or after :attr:`budget` seconds."""
         deadline = time.monotonic() + self.budget
         with self._mutex:
             fd = self._fd("probe")
-        while True:
+        while fd is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
