@@ -83,8 +83,6 @@ FORBIDDEN_TABLES = frozenset({
 })
 MASKED_COLUMNS = {"users": frozenset({"password", "pgp_key", "otp_secret", "otp_recovery_codes"})}
 ALLOWED_METHODS = ("GET", "POST", "PUT", "DELETE")
-EXPORT_FORMATS = ("csv", "ods", "xlsx")
-
 JSON_TYPE = "application/json; charset=utf-8"
 # The last top-level "LIMIT n [OFFSET m | , m]": nothing after it may close a parenthesis or start another LIMIT.
 _LIMIT_CLAUSE = re.compile(r"LIMIT\s+\d+(?:\s*,\s*-?\d+|\s+OFFSET\s+-?\d+)?", re.IGNORECASE)

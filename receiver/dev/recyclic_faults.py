@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, Callable, Iterable, Literal
 
-CONTROL_PREFIX = "/_stand-in/"
-
 
 @dataclass(frozen=True)
 class Fault:

@@ -29,7 +29,6 @@ class VolatileStore:
         self._clock = clock
         self._lock = threading.RLock()
         self._data: dict[str, _Value] = {}
-        self.flushes = 0
 
     def _live(self, key: str) -> _Value | None:
         entry = self._data.get(key)
@@ -78,5 +77,4 @@ class VolatileStore:
         with self._lock:
             count = len(self.keys())
             self._data.clear()
-            self.flushes += 1
             return count

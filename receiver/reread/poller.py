@@ -64,7 +64,6 @@ class PollReport:
     watermark_after: int = 0  # the first id the next pass will see as new
     requests: int = 0
     bytes: int = 0
-    watching_before: list[int] = field(default_factory=list)  # open sessions watched coming in
     open: list[int] = field(default_factory=list)  # sessions still open, watched by the next pass
 
 
@@ -85,7 +84,7 @@ def poll_source(source: Source, client: PahekoClient, ledger: Ledger, *, origin:
     ``progress`` is called with the number of sessions of each page read (a progress bar's ``update``).
     """
     cursor, open_ids, stored = _load_state(ledger, source)
-    report = PollReport(source.name, watermark_before=cursor + 1, watching_before=list(open_ids))
+    report = PollReport(source.name, watermark_before=cursor + 1)
     after, still_open, highest = 0, [], cursor
     while True:
         result = client.sql(_page_sql(after, cursor, open_ids))
