@@ -297,7 +297,7 @@ def test_the_gate_stays_held_while_any_thread_still_answers(receiver_and_worker)
 def test_a_gate_file_that_cannot_be_opened_costs_no_answer_and_says_so(receiver_and_worker, tmp_path, caplog):
     receiver, worker = receiver_and_worker
     for ledger in (receiver, worker):
-        ledger._gate.path = str(tmp_path / "missing" / "l.sqlite.intake")
+        ledger._gate = type(ledger._gate)(str(tmp_path / "missing" / "l.sqlite.intake"))
     with caplog.at_level("WARNING", logger="receiver.ledger"), receiver.answering():
         receiver.record_notification("lab", 1, {}, origin="module")
         write = _timed_write(worker, background=True)

@@ -181,22 +181,33 @@ MIGRATION_LOCK = 0x5041_4845_4B4F
 
 
 
-class _FileLock:
-    """An exclusive ``flock`` on a file, re-opened after a fork (a lock is held per open file)."""
+class _ProcessFile:
+    """A file beside the ledger that this process locks with ``flock``: opened once per process,
+    again after a fork (a lock belongs to an open file). Read-only: ``flock`` needs no more."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd: int | None = None
         self._pid = 0
 
-    def __enter__(self) -> None:
+    def fd(self) -> int:
         if self._fd is None or self._pid != os.getpid():
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o660)
             self._pid = os.getpid()
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self._fd
+
+
+class _FileLock:
+    """An exclusive ``flock`` on a file beside the ledger."""
+
+    def __init__(self, path: str) -> None:
+        self._file = _ProcessFile(path)
+
+    def __enter__(self) -> None:
+        fcntl.flock(self._file.fd(), fcntl.LOCK_EX)
 
     def __exit__(self, *exc_info: object) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        fcntl.flock(self._file.fd(), fcntl.LOCK_UN)
 
 
 class _IntakeGate:
@@ -217,33 +228,28 @@ class _IntakeGate:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self._hold, self._probe = _ProcessFile(path), _ProcessFile(path)
         self._mutex = threading.Lock()
         self._answering = 0
-        self._fds: dict[str, int | None] = {}
-        self._warned = False
-        self._pid = 0
+        self._off = False
 
-    def _fd(self, role: str) -> int | None:
-        """This process's open file for ``role`` (None: the gate is off); call with the mutex held."""
-        if self._pid != os.getpid():  # a lock belongs to an open file: re-open after a fork
-            self._fds, self._pid, self._answering = {}, os.getpid(), 0
-        if role not in self._fds:
-            try:  # flock needs no write access: a readable file is enough
-                self._fds[role] = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o660)
+    def _fd(self, file: _ProcessFile) -> int | None:
+        """``file``'s descriptor, or None once the gate is off; call with the mutex held."""
+        if not self._off:
+            try:
+                return file.fd()
             except OSError as error:
-                if not self._warned:
-                    logging.getLogger("receiver.ledger").warning(
-                        "intake gate %s unusable (%s): the worker's writes no longer give way to answers",
-                        self.path, error.strerror, extra={"event": "intake_gate_off"})
-                    self._warned = True
-                self._fds[role] = None
-        return self._fds[role]
+                self._off = True
+                logging.getLogger("receiver.ledger").warning(
+                    "intake gate %s unusable (%s): the worker's writes no longer give way to answers",
+                    file.path, error.strerror, extra={"event": "intake_gate_off"})
+        return None
 
     @contextmanager
     def answering(self) -> Iterator[None]:
         """Held while this process answers at least one notification (a count: threads share the lock)."""
         with self._mutex:
-            fd = self._fd("hold")
+            fd = self._fd(self._hold)
             if fd is not None and self._answering == 0:
                 fcntl.flock(fd, fcntl.LOCK_SH)
             self._answering += 1
@@ -259,7 +265,7 @@ class _IntakeGate:
         """Return once no notification is being answered, or after :attr:`budget` seconds."""
         deadline = time.monotonic() + self.budget
         with self._mutex:
-            fd = self._fd("probe")
+            fd = self._fd(self._probe)
         while fd is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
