@@ -167,8 +167,7 @@ def create_recyclic_app(profile: Profile = "v2", *, prefix: str = "/v1", users: 
 
     @api.get("/users/")
     def users():
-        if caller(cash=False).role not in CASH_ROLES:  # v2: require_admin_role
-            raise ApiError(403, "FORBIDDEN", "Permissions insuffisantes")
+        caller()  # v2: require_admin_role
         return jsonify([user.to_json() for user in store.users.values()])
 
     @api.get("/categories/")

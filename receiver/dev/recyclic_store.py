@@ -19,6 +19,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Callable, Literal
 
 from receiver.dev.recyclic_redis import VolatileStore
+from receiver.dev.recyclic_views import _euros, _iso_z
 
 Profile = Literal["legacy", "v2"]
 Clock = Callable[[], datetime]
@@ -51,14 +52,6 @@ def cents(euros: float | int | Decimal) -> int:
 
 def grams(kilograms: float | int) -> int:
     return int((Decimal(str(kilograms)) * 1000).quantize(Decimal(1), rounding=ROUND_HALF_UP))
-
-
-def _euros(amount: int | None) -> float | None:
-    return None if amount is None else amount / 100
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat()
 
 
 class ApiError(Exception):
@@ -394,7 +387,7 @@ class RecyclicStore:
                                                                    (clothes, 4.2, 0.6, "cash")])
         yesterday.status, yesterday.closed_at = "closed", now - timedelta(hours=21)
         yesterday.actual_amount = 6370
-        yesterday.closing_amount_f = self._theoretical(yesterday)
+        yesterday.closing_amount_f = self.theoretical(yesterday)
         yesterday.variance_f = 63.7 - yesterday.closing_amount_f
         yesterday.variance = 6370 - 6370
         till(marie, now - timedelta(hours=3), [(clothes, 3.0, 0.35, "cash"), (books, 1.5, 0.3, "card")])
@@ -623,12 +616,12 @@ class RecyclicStore:
             assert session is not None
             return self._close(session, data)
 
-    def _theoretical(self, session: CashSession) -> float:
+    def theoretical(self, session: CashSession) -> float:
         return float(session.initial_amount / 100) + session.total_sales_f + session.total_donations_f
 
     def _check_variance(self, session: CashSession, data: dict[str, Any]) -> None:
         actual = float(data["actual_amount"])
-        theoretical = self._theoretical(session)
+        theoretical = self.theoretical(session)
         variance = actual - theoretical
         comment = (data.get("variance_comment") or "").strip()
         tolerance = VARIANCE_TOLERANCE if self.profile == "v2" else 0.0  # legacy: facts silent, kept exact
@@ -640,7 +633,7 @@ class RecyclicStore:
     def _close(self, session: CashSession, data: dict[str, Any]) -> dict[str, Any]:
         now = self.clock()
         actual = float(data["actual_amount"])
-        theoretical = self._theoretical(session)
+        theoretical = self.theoretical(session)
         comment = (data.get("variance_comment") or "").strip() or None
         session.status, session.closed_at = "closed", now
         session.actual_amount = cents(actual)
@@ -820,9 +813,3 @@ class RecyclicStore:
                 "redis_keys": len(self.redis.keys()),
             }
 
-
-def _iso_z(moment: datetime | None) -> str | None:
-    """How v2 (pydantic 2) writes an aware UTC datetime: ``2026-11-29T17:04:17Z`` (observed, probe P1)."""
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -16,6 +16,7 @@ Legacy 1.3: the facts are silent on its read-back shapes; the stand-in keeps the
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -35,10 +36,11 @@ def _iso(moment) -> str | None:
     return None if moment is None else moment.isoformat()
 
 
-def _iso_z(moment) -> str | None:
-    from receiver.dev.recyclic_store import _iso_z as iso_z
-
-    return iso_z(moment)
+def _iso_z(moment: datetime | None) -> str | None:
+    """How v2 (pydantic 2) writes an aware UTC datetime: ``2026-11-29T17:04:17Z`` (observed, probe P1)."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def session_view(store: "RecyclicStore", session: "CashSession", *, detail: bool = False,
@@ -65,8 +67,7 @@ def session_view(store: "RecyclicStore", session: "CashSession", *, detail: bool
         "paheko_sync_correlation_id": None, "paheko_outbox_item_id": None,
         "accounting_config_revision_id": session.accounting_config_revision_id,
         "accounting_close_snapshot": session.accounting_close_snapshot,
-        "closing_preview_theoretical_amount": None if closed else (
-            session.initial_amount / 100 + session.total_sales_f + session.total_donations_f),
+        "closing_preview_theoretical_amount": None if closed else store.theoretical(session),
     }
     if close_answer:
         body.update(
