@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import date, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
 from sqlalchemy import select
 
@@ -34,6 +34,9 @@ def load_sessions(ledger: Ledger, source: str, since: date, until: date, zone: t
     e = t.entries
     query = select(e.c.id, e.c.session_id, e.c.state, e.c.reason, e.c.summary, e.c.created_at, e.c.snapshot,
                    e.c.mapped).where(e.c.source == source)
+    # An entry is created once its session is closed, so entries older than the period (a day of margin
+    # for time zones) cannot hold one of its sessions: their documents are never read.
+    query = query.where(e.c.created_at >= datetime.combine(since - timedelta(days=1), time.min, tzinfo=UTC))
     chosen = []
     with ledger.engine.connect() as conn:
         for row in conn.execute(query):
