@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import sys
 import threading
 from datetime import datetime
 
@@ -31,11 +32,14 @@ def _worker(sinks=None):
     return Worker(svc.config, svc.ledger, metrics=svc.metrics, sinks=sinks)
 
 
-def _poll_with_progress(src, worker) -> object:
-    """One poll pass; a progress bar when the history to scan is long (first pass on an old till)."""
+def _poll_with_progress(src, worker, *, first: bool) -> object:
+    """One poll pass; on the first pass at a terminal, a progress bar when the history to scan is long
+    (an old till). Counting costs Paheko a request, so later passes and logs skip it."""
     from receiver.reread.poller import PAGE, count_to_scan, poll_source
 
     client = worker.client(src)
+    if not (first and sys.stderr.isatty()):
+        return poll_source(src, client, worker.ledger)
     total = count_to_scan(src, client, worker.ledger)
     if total <= PAGE:
         return poll_source(src, client, worker.ledger)
@@ -59,12 +63,12 @@ def poll(once: bool, source: str | None) -> None:
     stop = threading.Event()
     if not once:
         _stop_on_signals(stop)
-    failed = False
+    failed, first = False, True
     try:
         while True:
             for src in _sources(source):
                 try:
-                    report = _poll_with_progress(src, worker)
+                    report = _poll_with_progress(src, worker, first=first)
                 except PahekoError as exc:
                     click.echo(f"{src.name}: poll failed: {exc}", err=True)
                     failed = True
@@ -73,6 +77,7 @@ def poll(once: bool, source: str | None) -> None:
                 click.echo(f"{src.name}: scanned {report.scanned} session(s) from id {report.watermark_before} "
                            f"in {report.requests} request(s); new: {found}; next pass starts at id {report.watermark_after}"
                            + (f", watching open session(s) {', '.join(map(str, report.open))}" if report.open else ""))
+            first = False
             if once or stop.wait(worker.config.worker.poll_interval):
                 break
     finally:
