@@ -42,3 +42,7 @@ class MustAct(Exception):
         super().__init__(detail or reason)
         self.reason = reason
         self.detail = detail
+
+
+#: The reason recorded while a session is still open in Paheko (the month report recognises it).
+STILL_OPEN = "La session est encore ouverte dans Paheko : elle sera relue après sa clôture."

@@ -22,7 +22,7 @@ from datetime import timedelta
 from receiver.config import Config, Source
 from receiver.ledger import Entry, Ledger, State
 from receiver.ledger.store import utcnow
-from receiver.outcomes import MustAct, RetryLater
+from receiver.outcomes import STILL_OPEN, MustAct, RetryLater
 from receiver.sinks import Sink
 from receiver.sinks.exactly import ForwardLog
 from receiver.sinks.registry import SinkPool
@@ -39,7 +39,6 @@ from receiver.reread.snapshot import (
 )
 
 log = logging.getLogger("receiver.worker")
-
 
 class ClaimKeeper:
     """The heartbeat of one process's claims: renews them every third of the lease while they are held.
@@ -293,7 +292,7 @@ class Worker:
         try:
             snapshot = read_session(self.client(source), entry.session_id, source.timezone)
         except SessionOpen as exc:
-            raise StepFailed("La session est encore ouverte dans Paheko : elle sera relue après sa clôture.", str(exc))
+            raise StepFailed(STILL_OPEN, str(exc))
         except SessionNotFound as exc:
             raise StepHeld("Cette session n'existe plus dans Paheko (supprimée ?) : rien à transmettre. "
                            "Vérifiez dans Paheko, puis abandonnez-la ou libérez-la.", str(exc))

@@ -68,3 +68,15 @@ def progress_bar(iterable=None, **kwargs):
             yield bar
     finally:
         logger.setLevel(level)
+
+
+def source_named(sources: dict, name: str | None, *, only_one: bool = False,
+                 error: type[click.ClickException] = click.ClickException):
+    """The configured source ``name``, else ``error``; without a name, the only source when ``only_one``."""
+    if name is None and only_one:
+        if len(sources) != 1:
+            raise click.UsageError(f"--source is needed: one of {', '.join(sorted(sources))}.")
+        name = next(iter(sources))
+    if name not in sources:
+        raise error(f"no source {name!r} in the configuration (known: {', '.join(sources)})")
+    return sources[name]

@@ -10,7 +10,7 @@ from datetime import datetime
 
 import click
 
-from receiver.commands.context import current_app_services, progress_bar
+from receiver.commands.context import current_app_services, progress_bar, source_named
 from receiver.commands.ledger import local, table
 from receiver.ledger import State
 from receiver.ledger.store import utcnow
@@ -18,11 +18,7 @@ from receiver.ledger.store import utcnow
 
 def _sources(name: str | None):
     sources = current_app_services().config.sources
-    if name is None:
-        return list(sources.values())
-    if name not in sources:
-        raise click.ClickException(f"no source {name!r} in the configuration (known: {', '.join(sources)})")
-    return [sources[name]]
+    return list(sources.values()) if name is None else [source_named(sources, name)]
 
 
 def _worker(sinks=None):

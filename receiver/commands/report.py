@@ -9,10 +9,10 @@ from pathlib import Path
 
 import click
 
-from receiver.commands.context import current_app_services
+from receiver.commands.context import current_app_services, progress_bar, source_named
 from receiver.report.html import render_html
 from receiver.report.ledger import load_sessions
-from receiver.report.reconcile import Report, reconcile
+from receiver.report.reconcile import Report, month_last_day, reconcile
 from receiver.report.render import render_csv, render_text
 
 
@@ -22,8 +22,7 @@ def month_bounds(text: str) -> tuple[date, date]:
         first = datetime.strptime(text, "%Y-%m").date()
     except ValueError:
         raise click.BadParameter(f"{text!r} is not a month like 2025-09", param_hint="--month") from None
-    following = (first.replace(day=28) + timedelta(days=4)).replace(day=1)
-    return first, following - timedelta(days=1)
+    return first, month_last_day(first)
 
 
 def period(month: str | None, since: datetime | None, until: datetime | None, today: date) -> tuple[date, date]:
@@ -77,7 +76,7 @@ def run_verify(report: Report, sessions, source, ledger) -> None:
             report.category_names.update({c.id: c.name for c in client.categories()})
         except Exception as exc:  # noqa: BLE001 — names are a nicety; the comparison still runs
             click.echo(f"Recyclic categories not read ({exc}); ids are shown.", err=True)
-        with click.progressbar(length=len(sessions), label="Reading Recyclic back", file=sys.stderr) as bar:
+        with progress_bar(length=len(sessions), label="Reading Recyclic back") as bar:
             result = verify(sessions, client.get, progress=bar.update)
         sweep(sessions, source.name, report.since, report.until, source.timezone,
               partial(list_sessions, client), client.get, result)
@@ -116,14 +115,7 @@ def report(source: str | None, month: str | None, since: datetime | None, until:
       paheko-recyclic report --source shop --month 2025-09 --html sept.html --verify
     """
     svc = current_app_services()
-    sources = svc.config.sources
-    if source is None:
-        if len(sources) != 1:
-            raise click.UsageError(f"--source is needed: one of {', '.join(sorted(sources))}.")
-        source = next(iter(sources))
-    src = sources.get(source)
-    if src is None:
-        raise click.UsageError(f"unknown source {source!r}; configured: {', '.join(sorted(sources))}.")
+    src = source_named(svc.config.sources, source, only_one=True, error=click.UsageError)
     today = datetime.now(src.timezone).date()
     first, last = period(month, since, until, today)
     sessions = load_sessions(svc.ledger, src.name, first, last, src.timezone)

@@ -14,7 +14,8 @@ from flask import g, jsonify, request
 
 from receiver.intake.routes import error, route
 from receiver.report.ledger import load_sessions
-from receiver.report.reconcile import GROUP_LABELS, GROUPS, Figures, Report, Row, euros, kilos, reconcile
+from receiver.report.reconcile import (GROUP_LABELS, GROUPS, Figures, Report, Row, euros, kilos, month_last_day,
+                                       reconcile)
 from receiver.services import services
 
 #: The table's columns, in order, with the heading the module shows.
@@ -95,8 +96,7 @@ def _month(raw: object, today: date) -> tuple[date, date] | None:
             return None
         if first.year < 2000:
             return None
-    following = (first.replace(day=28) + timedelta(days=4)).replace(day=1)
-    return first, following - timedelta(days=1)
+    return first, month_last_day(first)
 
 
 @route("v1/report", methods=["GET", "POST"])

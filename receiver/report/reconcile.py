@@ -22,6 +22,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
+from receiver.outcomes import STILL_OPEN
+
+
 #: Left-out kinds (``SkippedPart.kind``) grouped as an admin reads them; any other kind is "other".
 KIND_GROUPS = {
     "refunds": "refunds",
@@ -317,7 +320,7 @@ def _recyclic_status(s: LedgerSession) -> tuple[str, bool]:
 def _paheko_status(s: LedgerSession) -> str:
     if s.snapshot is not None:
         return "fermée"
-    if s.reason and "encore ouverte" in s.reason:
+    if s.reason == STILL_OPEN:
         return "ouverte"
     return "pas encore relue"
 
@@ -417,10 +420,14 @@ def gap_words(figures: Figures) -> str:
     return ", ".join(parts)
 
 
+def month_last_day(first: date) -> date:
+    """The last day of ``first``'s month."""
+    return (first.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(days=1)
+
+
 def period_label(since: date, until: date) -> str:
     """``Septembre 2025`` for a whole calendar month, ``Année 2025``, else ``Du 01/09/2025 au 15/09/2025``."""
-    next_month = (since.replace(day=28) + timedelta(days=4)).replace(day=1)
-    if since.day == 1 and until == next_month - timedelta(days=1):
+    if since.day == 1 and until == month_last_day(since):
         return f"{MONTHS[since.month - 1].capitalize()} {since.year}"
     if (since.month, since.day, until.month, until.day) == (1, 1, 12, 31) and since.year == until.year:
         return f"Année {since.year}"

@@ -12,18 +12,20 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
-from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from receiver.report.reconcile import LedgerSession, euros, kilos
+from receiver.sinks.recyclic.profiles import cents, grams
 
 
 def cents_of(value: float | int | str | None) -> int:
-    return int((Decimal(str(value or 0)) * 100).quantize(Decimal(1), ROUND_HALF_EVEN))
+    """Recyclic's euros (or nothing) in cents, rounded as the forwarder rounds."""
+    return cents(value or 0)
 
 
 def grams_of(value: float | int | str | None) -> int:
-    return int((Decimal(str(value or 0)) * 1000).quantize(Decimal(1), ROUND_HALF_EVEN))
+    """Recyclic's kilograms (or nothing) in grams, rounded as the forwarder rounds."""
+    return grams(value or 0)
 
 
 @dataclass
@@ -59,7 +61,7 @@ def _get(get: Callable[[str], Any], path: str, out: Verification) -> Any | None:
     out.requests += 1
     try:
         return get(path)
-    except Exception as exc:  # noqa: BLE001 — any failure to read is a finding, the others still get checked
+    except Exception as exc:  # noqa: BLE001 — a 404 is a finding (the object is gone); anything else stops the check
         if _status(exc) == 404:
             return None
         raise

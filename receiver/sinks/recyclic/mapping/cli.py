@@ -21,12 +21,9 @@ def mapping_group() -> None:
 
 
 def _source(name: str) -> Source:
-    from receiver.commands.context import config_from_context
+    from receiver.commands.context import config_from_context, source_named
 
-    config = config_from_context()
-    if name not in config.sources:
-        raise click.ClickException(f"no source {name!r} in the configuration (known: {', '.join(config.sources)})")
-    return config.sources[name]
+    return source_named(config_from_context().sources, name)
 
 
 def _paheko_names(source: Source):
