@@ -182,7 +182,7 @@ def status():
     if not ids or any(not 1 <= i <= INT64_MAX for i in ids) or len(ids) > STATUS_MAX_SESSIONS:
         return error(400, f"Paramètre « sessions » invalide : de 1 à {STATUS_MAX_SESSIONS} numéros de session positifs.")
     ledger = services().ledger
-    entries = ledger.get_many(g.source.name, ids)
+    entries = ledger.get_many(g.source.name, ids, snapshots=False)
     notes = ledger.notes_for(g.source.name, ids)
     return jsonify(source=g.source.name, sessions={str(i): session_view(entries.get(i), notes.get(i)) for i in ids})
 

@@ -56,23 +56,27 @@ class Entry:
     snapshot_json: str | None
     mapped_json: str | None
     last_error: str | None
-    #: False for entries read by listings, which never load the (large) documents.
-    documents_loaded: bool = True
+    #: The (large) documents the row carried: listings read neither, the status route no snapshot.
+    loaded: frozenset[str] = frozenset({"snapshot", "mapped"})
 
-    def _document(self, text_value: str | None) -> dict | None:
-        if not self.documents_loaded:
-            raise RuntimeError("this entry was listed without its documents: read it with Ledger.get_by_id")
+    @property
+    def documents_loaded(self) -> bool:
+        return {"snapshot", "mapped"} <= self.loaded
+
+    def _document(self, name: str, text_value: str | None) -> dict | None:
+        if name not in self.loaded:
+            raise RuntimeError(f"this entry was read without its {name}: read it with Ledger.get_by_id")
         return json.loads(text_value) if text_value else None
 
     @cached_property
     def snapshot(self) -> dict | None:
         """The re-read session, parsed on first use (status and listings never need it)."""
-        return self._document(self.snapshot_json)
+        return self._document("snapshot", self.snapshot_json)
 
     @cached_property
     def mapped(self) -> dict | None:
         """The session in the sink's model, parsed on first use."""
-        return self._document(self.mapped_json)
+        return self._document("mapped", self.mapped_json)
 
     @classmethod
     def from_row(cls, row) -> "Entry":
@@ -85,7 +89,7 @@ class Entry:
             next_attempt_at=m["next_attempt_at"], claimed_by=m["claimed_by"],
             claim_expires_at=m["claim_expires_at"],
             snapshot_json=m.get("snapshot"), mapped_json=m.get("mapped"), last_error=m["last_error"],
-            documents_loaded="snapshot" in m,
+            loaded=frozenset(name for name in ("snapshot", "mapped") if name in m),
         )
 
 
@@ -169,6 +173,7 @@ def changed_after_sending(old: dict, new: dict, sent: list[int], session_id: int
 
 #: The columns a listing reads: everything but the re-read and mapped documents (up to megabytes each).
 _LISTED = [c for c in t.entries.c if c.name not in ("snapshot", "mapped")]
+_WITHOUT_SNAPSHOT = [c for c in t.entries.c if c.name != "snapshot"]
 _ACTIVE_VALUES = [s.value for s in ACTIVE]
 
 
@@ -499,13 +504,15 @@ class Ledger:
             row = conn.execute(select(t.entries).where(t.entries.c.id == entry_id)).first()
         return Entry.from_row(row) if row else None
 
-    def get_many(self, source: str, session_ids: Iterable[int]) -> dict[int, Entry]:
+    def get_many(self, source: str, session_ids: Iterable[int], *, snapshots: bool = True) -> dict[int, Entry]:
+        """The entries of ``session_ids``; without their snapshots when not ``snapshots`` (the status route)."""
         ids = sorted(set(session_ids))
         if not ids:
             return {}
+        columns = [t.entries] if snapshots else _WITHOUT_SNAPSHOT
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(t.entries).where(t.entries.c.source == source, t.entries.c.session_id.in_(ids))
+                select(*columns).where(t.entries.c.source == source, t.entries.c.session_id.in_(ids))
             ).all()
         return {row.session_id: Entry.from_row(row) for row in rows}
 
