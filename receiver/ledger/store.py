@@ -118,19 +118,18 @@ class Recorded:
         return self.outcome == "new"
 
 
-def _merge_summary(old: dict, new: dict) -> tuple[dict, bool]:
-    """Merge two summaries; ``changed`` when a figure present in both differs."""
-    changed = any(key in old and old[key] != value for key, value in new.items())
-    return {**old, **new}, changed
+#: The figures a notification announces that a re-read also holds.
+_FIGURES = ("result", "nb_tabs")
 
 
-def _snapshot_figures(snapshot_json: str | None) -> dict:
-    """The figures a notification also announces (``result``, ``nb_tabs``), as re-read in Paheko: so that a
-    notification arriving after the poller found the session still shows a change."""
-    if not snapshot_json:
-        return {}
+def _known_figures(summary: dict, snapshot_json: str | None, announced: dict) -> dict:
+    """What the ledger knows of a session: its summary, completed with the re-read figures (``result``,
+    ``nb_tabs``) that ``announced`` brings and the summary lacks, so that a notification arriving after the
+    poller found the session still shows a change. The snapshot is parsed only then."""
+    if not snapshot_json or all(key in summary or key not in announced for key in _FIGURES):
+        return summary
     data = json.loads(snapshot_json)
-    return {key: data[key] for key in ("result", "nb_tabs") if data.get(key) is not None}
+    return {**{key: data[key] for key in _FIGURES if data.get(key) is not None}, **summary}
 
 
 def _euros(cents: Any) -> str:
@@ -438,8 +437,8 @@ class Ledger:
             if row is not None:
                 fields = dict(row._mapping)
                 old = json.loads(row.summary or "{}")
-                known = {**_snapshot_figures(row.snapshot), **old}
-                _, changed = _merge_summary(known, summary)
+                known = _known_figures(old, row.snapshot, summary)
+                changed = any(key in known and known[key] != value for key, value in summary.items())
                 merged = {**old, **summary}
                 outcome = "changed" if changed else "duplicate"
                 values: dict[str, Any] = {"summary": _dump(merged)}
