@@ -140,20 +140,24 @@ def prune_raw_bodies(ledger: Ledger, days: int, *, now: datetime | None = None,
                      progress: Progress | None = None, batch: int = 2000) -> int:
     """Clear ``raw_body`` of notifications received more than ``days`` days ago; how many were cleared.
 
-    Cleared in batches of ``batch`` rows, one short transaction each, so the receiver keeps writing.
+    Cleared in batches of ``batch`` rows, one short transaction each, so the receiver keeps writing; each
+    batch starts after the last one's ids, so rows cleared before are never scanned again.
     """
     cutoff = (now or utcnow()) - timedelta(days=days)
     n = t.notifications.c
     old = and_(n.received_at < cutoff, n.raw_body.is_not(None))
-    with ledger.transaction() as conn:
-        total = conn.execute(select(func.count()).select_from(t.notifications).where(old)).scalar_one()
-    cleared = 0
-    while cleared < total:
+    total = 0
+    if progress:  # a count for the bar only: read outside any write transaction
+        with ledger.engine.connect() as conn:
+            total = conn.execute(select(func.count()).select_from(t.notifications).where(old)).scalar_one()
+    cleared, last = 0, 0
+    while True:
         with ledger.transaction() as conn:
-            ids = conn.execute(select(n.id).where(old).order_by(n.id).limit(batch)).scalars().all()
+            ids = conn.execute(select(n.id).where(old, n.id > last).order_by(n.id).limit(batch)).scalars().all()
             if not ids:
                 break
             cleared += conn.execute(t.notifications.update().where(n.id.in_(ids)).values(raw_body=None)).rowcount
+        last = ids[-1]
         if progress:
             progress(min(cleared, total), total)
     return cleared
