@@ -20,10 +20,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import and_, func, select
-from sqlalchemy.engine import make_url
 
 from receiver.ledger import tables as t
 from receiver.ledger.store import Ledger, utcnow
+from receiver.ledger.wakeup import sqlite_path as _sqlite_file
 
 
 class MaintenanceError(Exception):
@@ -41,13 +41,13 @@ class LedgerFile:
 
 def sqlite_path(ledger_url: str) -> Path:
     """The file of a SQLite ledger URL; :class:`MaintenanceError` for any other database."""
-    url = make_url(ledger_url)
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+    path = _sqlite_file(ledger_url)
+    if path is None:
         raise MaintenanceError(
             "this ledger is not a SQLite file: back up PostgreSQL with pg_dump and restore it with "
             "pg_restore (see deploy/README.md)"
         )
-    return Path(url.database)
+    return Path(path)
 
 
 def inspect_ledger(path: Path) -> LedgerFile:

@@ -287,15 +287,16 @@ class Ledger:
 
     def __init__(self, url: str, *, pool_size: int = 5):
         self.url = url
-        self.engine = self._make_engine(url, pool_size)
+        path = _sqlite_path(url)
+        self.engine = self._make_engine(url, path, pool_size)
         # SQLite has one writer at a time. Writers of this process queue on a thread lock, and
         # writers of every process (the receiver, the pipeline worker) on an flock of a file
         # beside the ledger: the kernel hands the lock over the moment it is released, where
         # SQLite's busy handler makes a waiting writer sleep 1, 2, 5 … 100 ms between retries (a
         # receiver thread losing that race to the worker's writes saw p99 of 100-450 ms).
         self._write_lock = threading.Lock() if url.startswith("sqlite") else None
-        self._file_lock = _FileLock(_sqlite_path(url) + ".lock") if _sqlite_path(url) else None
-        self._gate = _IntakeGate(_sqlite_path(url) + ".intake") if _sqlite_path(url) else None
+        self._file_lock = _FileLock(path + ".lock") if path else None
+        self._gate = _IntakeGate(path + ".intake") if path else None
         self.wakeup = wakeup_for(url, self.engine)
         self._local = threading.local()
 
@@ -342,10 +343,10 @@ class Ledger:
                 conn.info.pop("immediate", None)
 
     @staticmethod
-    def _make_engine(url: str, pool_size: int) -> Engine:
+    def _make_engine(url: str, path: str | None, pool_size: int) -> Engine:
+        """``path``: the SQLite file (None for PostgreSQL or an in-memory SQLite)."""
         if url.startswith("sqlite"):
-            path = url.split("///", 1)[1] if "///" in url else ""
-            if path and path != ":memory:":
+            if path:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 

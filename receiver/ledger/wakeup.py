@@ -30,6 +30,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 log = logging.getLogger("receiver.wakeup")
 
 CHANNEL = "paheko_recyclic"
@@ -235,7 +237,7 @@ def wakeup_for(url: str, engine) -> Wakeup:
 
 def sqlite_path(url: str) -> str | None:
     """The file of a SQLite ledger URL, or ``None`` (in-memory, or not SQLite)."""
-    if not url.startswith("sqlite") or "///" not in url:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
-    path = url.split("///", 1)[1].split("?", 1)[0]
-    return None if path in ("", ":memory:") else path
+    return parsed.database
