@@ -28,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 
 from receiver.ledger import tables as t
 from receiver.ledger.states import ACTIVE, State
+from receiver.ledger.wakeup import PerProcess, open_file
 from receiver.ledger.wakeup import sqlite_path as _sqlite_path
 from receiver.ledger.wakeup import wakeup_for
 
@@ -185,33 +186,17 @@ MIGRATION_LOCK = 0x5041_4845_4B4F
 
 
 
-class _ProcessFile:
-    """A file beside the ledger that this process locks with ``flock``: opened once per process,
-    again after a fork (a lock belongs to an open file). Read-only: ``flock`` needs no more."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._fd: int | None = None
-        self._pid = 0
-
-    def fd(self) -> int:
-        if self._fd is None or self._pid != os.getpid():
-            self._fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o660)
-            self._pid = os.getpid()
-        return self._fd
-
-
 class _FileLock:
     """An exclusive ``flock`` on a file beside the ledger."""
 
     def __init__(self, path: str) -> None:
-        self._file = _ProcessFile(path)
+        self._file = open_file(path)
 
     def __enter__(self) -> None:
-        fcntl.flock(self._file.fd(), fcntl.LOCK_EX)
+        fcntl.flock(self._file.get(), fcntl.LOCK_EX)
 
     def __exit__(self, *exc_info: object) -> None:
-        fcntl.flock(self._file.fd(), fcntl.LOCK_UN)
+        fcntl.flock(self._file.get(), fcntl.LOCK_UN)
 
 
 class _IntakeGate:
@@ -232,21 +217,21 @@ class _IntakeGate:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._hold, self._probe = _ProcessFile(path), _ProcessFile(path)
+        self._hold, self._probe = open_file(path), open_file(path)
         self._mutex = threading.Lock()
         self._answering = 0
         self._off = False
 
-    def _fd(self, file: _ProcessFile) -> int | None:
+    def _fd(self, file: PerProcess[int]) -> int | None:
         """``file``'s descriptor, or None once the gate is off; call with the mutex held."""
         if not self._off:
             try:
-                return file.fd()
+                return file.get()
             except OSError as error:
                 self._off = True
                 logging.getLogger("receiver.ledger").warning(
                     "intake gate %s unusable (%s): the worker's writes no longer give way to answers",
-                    file.path, error.strerror, extra={"event": "intake_gate_off"})
+                    self.path, error.strerror, extra={"event": "intake_gate_off"})
         return None
 
     @contextmanager

@@ -29,8 +29,11 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from sqlalchemy.engine import make_url
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("receiver.wakeup")
 
@@ -115,22 +118,45 @@ class PostgresWakeup(Wakeup):
         return stop.set
 
 
+class PerProcess(Generic[_T]):
+    """Something opened once per process, and again after a fork: a descriptor, its ``flock`` or a socket
+    belongs to the process that opened it."""
+
+    def __init__(self, opener: Callable[[], _T]) -> None:
+        self._opener = opener
+        self._value: _T | None = None
+        self._pid = 0
+
+    def get(self) -> _T:
+        if self._value is None or self._pid != os.getpid():
+            self._value = self._opener()
+            self._pid = os.getpid()
+        return self._value
+
+
+def open_file(path: str | Path, flags: int = os.O_RDONLY | os.O_CREAT) -> PerProcess[int]:
+    """A descriptor of ``path`` per process (read-only is enough for ``flock``)."""
+    return PerProcess(lambda: os.open(path, flags | os.O_CLOEXEC, 0o660))
+
+
 class _ShortPath:
     """A socket path usable in sun_path, however deep the ledger directory is."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._fd: int | None = None
-        self._pid = 0
+        self._fd = open_file(directory, os.O_RDONLY | os.O_DIRECTORY)
 
     def __call__(self, name: str) -> str:
         full = str(self.directory / name)
         if len(full.encode()) <= _SUN_PATH_MAX:
             return full
-        if self._fd is None or self._pid != os.getpid():
-            self._fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            self._pid = os.getpid()
-        return f"/proc/self/fd/{self._fd}/{name}"
+        return f"/proc/self/fd/{self._fd.get()}/{name}"
+
+
+def _datagram_sender() -> socket.socket:
+    sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sender.setblocking(False)
+    return sender
 
 
 class SQLiteWakeup(Wakeup):
@@ -138,8 +164,7 @@ class SQLiteWakeup(Wakeup):
         self.ledger_path = ledger_path
         self.directory = Path(ledger_path + ".wake")
         self._path = _ShortPath(self.directory)
-        self._sender: socket.socket | None = None
-        self._sender_pid = 0
+        self._sender = PerProcess(_datagram_sender)
         self._lock = threading.Lock()
 
     def committed(self, source: str) -> None:
@@ -151,13 +176,10 @@ class SQLiteWakeup(Wakeup):
             return
         payload = source.encode()[:200]
         with self._lock:
-            if self._sender is None or self._sender_pid != os.getpid():
-                self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-                self._sender.setblocking(False)
-                self._sender_pid = os.getpid()
+            sender = self._sender.get()
             for name in names:
                 try:
-                    self._sender.sendto(payload, self._path(name))
+                    sender.sendto(payload, self._path(name))
                 except ConnectionRefusedError:  # its worker is gone: tidy up
                     try:
                         os.unlink(self.directory / name)
