@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from marshmallow import RAISE, Schema, ValidationError, fields, post_load, pre_load, validate, validates_schema
+from marshmallow import ValidationError, fields, post_load, pre_load, validate, validates_schema
 
-from receiver.schemas import Secret, SecretField, check_http_url
+from receiver.schemas import Secret, SecretField, StrictSchema, check_http_url
 from receiver.sinks.recyclic.mapping.config import Mapping, MappingSchema
 from receiver.sinks.registry import SinkConfig, SinkSchema, prepare_source
 
@@ -129,12 +129,7 @@ class Config:
         return None
 
 
-class _Strict(Schema):
-    class Meta:
-        unknown = RAISE
-
-
-class WebhookCredentialSchema(_Strict):
+class WebhookCredentialSchema(StrictSchema):
     user = fields.String(required=True, validate=_check_webhook_credential)
     password = SecretField(required=True, validate=_check_webhook_credential)
 
@@ -153,7 +148,7 @@ class WebhookSchema(WebhookCredentialSchema):
         return (WebhookCredential(data["user"], data["password"]), *data["previous"])
 
 
-class PahekoApiSchema(_Strict):
+class PahekoApiSchema(StrictSchema):
     url = fields.String(required=True, validate=check_http_url)
     api_user = fields.String(required=True, validate=validate.Length(min=1))
     api_password = SecretField(required=True)
@@ -168,7 +163,7 @@ class PahekoApiSchema(_Strict):
         return PahekoApi(**data)
 
 
-class SourceSchema(_Strict):
+class SourceSchema(StrictSchema):
     timezone = TimeZoneField(load_default=lambda: ZoneInfo("Europe/Paris"))
     webhook = fields.Nested(WebhookSchema, required=True)
     paheko = fields.Nested(PahekoApiSchema, required=True)
@@ -181,7 +176,7 @@ class SourceSchema(_Strict):
         return prepare_source(data)
 
 
-class ReceiverSettingsSchema(_Strict):
+class ReceiverSettingsSchema(StrictSchema):
     ledger = fields.String(load_default=None)
     max_body_bytes = fields.Integer(load_default=64 * 1024, strict=True, validate=validate.Range(min=1024))
     auth_failure_limit = fields.Integer(load_default=10, strict=True, validate=validate.Range(min=1))
@@ -212,7 +207,7 @@ class ReceiverSettingsSchema(_Strict):
         return data
 
 
-class WorkerSettingsSchema(_Strict):
+class WorkerSettingsSchema(StrictSchema):
     poll_interval = fields.Float(load_default=60.0, validate=validate.Range(min=1))
     lease = fields.Float(load_default=15.0, validate=validate.Range(min=1, max=600))
 
@@ -221,7 +216,7 @@ class WorkerSettingsSchema(_Strict):
         return WorkerSettings(**data)
 
 
-class ConfigSchema(_Strict):
+class ConfigSchema(StrictSchema):
     receiver = fields.Nested(ReceiverSettingsSchema, load_default=lambda: ReceiverSettingsSchema().load({}))
     worker = fields.Nested(WorkerSettingsSchema, load_default=lambda: WorkerSettingsSchema().load({}))
     sources = fields.Dict(

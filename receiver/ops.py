@@ -22,7 +22,7 @@ from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy.exc import SQLAlchemyError
 
 from receiver.config import Config
-from receiver.intake.auth import parse_authorization
+from receiver.intake.auth import parse_authorization, utf8_bytes
 from receiver.ledger import Ledger, State
 from receiver.proxies import direct_from_loopback
 from receiver.services import services
@@ -94,7 +94,7 @@ def _has_token(expected: str | None) -> bool:
     auth = parse_authorization(request.headers.get("Authorization"))
     if expected is None or auth is None or auth.type != "bearer" or not auth.token:
         return False
-    return hmac.compare_digest(auth.token.encode("utf-8", "surrogatepass"), expected.encode())
+    return hmac.compare_digest(utf8_bytes(auth.token), expected.encode())
 
 
 def _operator(svc) -> bool:

@@ -77,7 +77,7 @@ def parse_authorization(header: str | None) -> Authorization | None:
         return None
 
 
-def _utf8(text: str) -> bytes:
+def utf8_bytes(text: str) -> bytes:
     """Bytes to compare; a lone surrogate (undecodable input) can never match a configured secret."""
     return text.encode("utf-8", "surrogatepass")
 
@@ -91,12 +91,12 @@ def authenticate(config: Config, throttle: FailureThrottle, address: str, author
     wait = throttle.retry_after(key)
     if wait is not None:
         raise AuthFailure(429, f"Trop d'échecs d'authentification : réessayez dans {wait} s.", wait)
-    password = _utf8(authorization.password or "")
+    password = utf8_bytes(authorization.password or "")
     source = config.source_for_webhook_user(user)
     ok = False
     for cred in source.webhook if source else ():
         # Compare every credential of the source, always, so timing says nothing about which matched.
-        same_user = hmac.compare_digest(_utf8(cred.user), _utf8(user))
+        same_user = hmac.compare_digest(utf8_bytes(cred.user), utf8_bytes(user))
         same_password = hmac.compare_digest(cred.password.reveal().encode(), password)
         ok |= same_user and same_password
     if not ok:
