@@ -70,6 +70,8 @@ class FileSink(DocumentSink):
             return False
         with open(self.path, encoding="utf-8", errors="replace") as lines:
             for line in lines:
+                if document_id not in line:  # most lines: no JSON to parse
+                    continue
                 try:
                     if json.loads(line).get("id") == document_id:
                         return True
