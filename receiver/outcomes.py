@@ -9,16 +9,20 @@ from __future__ import annotations
 
 
 class RetryLater(Exception):
-    """Transient: try again later, after at least ``retry_after`` seconds when given."""
+    """Transient: try again later, after at least ``retry_after`` seconds when given. ``source_fault``:
+    whether the whole source (its Paheko or its sink) is failing rather than this one session; None lets
+    the worker decide from the step."""
 
     sent = True  # False: the request provably never left (see NotSent)
     counts = True  # False: does not use up the entry's retries (see Waiting)
 
-    def __init__(self, reason: str, detail: str | None = None, retry_after: float | None = None):
+    def __init__(self, reason: str, detail: str | None = None, retry_after: float | None = None,
+                 *, source_fault: bool | None = None):
         super().__init__(detail or reason)
         self.reason = reason
         self.detail = detail or reason
         self.retry_after = retry_after
+        self.source_fault = source_fault
 
 
 class NotSent(RetryLater):

@@ -110,11 +110,6 @@ def retry_delay(attempt: int, rng: random.Random, retry_after: float | None = No
     return max(delay, retry_after or 0.0)
 
 
-#: The pipeline's one vocabulary (:mod:`receiver.outcomes`), under the worker's names.
-StepFailed = RetryLater
-StepHeld = MustAct
-
-
 class Interrupted(Exception):
     """The worker is stopping, or lost its claim, in the middle of a step: nothing of it was recorded."""
 
@@ -123,9 +118,8 @@ def is_source_fault(failure: RetryLater, step: str) -> bool:
     """Whether a failure is the source's own (its Paheko or its sink unreachable or failing) rather than
     this one session's (still open in Paheko, waiting for a destination): the runner then pauses the
     whole source. A re-read says so explicitly; a forward that must be retried is the sink's fault."""
-    explicit = getattr(failure, "source_fault", None)
-    if explicit is not None:
-        return explicit
+    if failure.source_fault is not None:
+        return failure.source_fault
     return step == "forward" and failure.counts
 
 
@@ -257,7 +251,7 @@ class Worker:
         source = self.config.sources.get(entry.source)
         self.last_fault = False
         if source is None:
-            return self._hold(entry, StepHeld(f"La source « {entry.source} » n'est plus dans la configuration du récepteur."))
+            return self._hold(entry, MustAct(f"La source « {entry.source} » n'est plus dans la configuration du récepteur."))
         while entry.state not in (State.FORWARDED, State.HELD, State.DEAD):
             if self.claims.lost(entry.id):
                 raise Interrupted(f"claim on entry {entry.id} lost (lease expired): another worker may have it")
@@ -265,9 +259,9 @@ class Worker:
             step = "reread" if entry.snapshot is None else "map" if entry.mapped is None else "forward"
             try:
                 entry = getattr(self, f"_{step}")(source, entry)
-            except StepHeld as held:
+            except MustAct as held:
                 entry = self._hold(entry, held)
-            except StepFailed as failure:
+            except RetryLater as failure:
                 self.last_fault = is_source_fault(failure, step)
                 entry = self._fail(entry, failure)
             self._count(step, entry)
@@ -292,20 +286,19 @@ class Worker:
         try:
             snapshot = read_session(self.client(source), entry.session_id, source.timezone)
         except SessionOpen as exc:
-            raise StepFailed(STILL_OPEN, str(exc))
+            raise RetryLater(STILL_OPEN, str(exc))
         except SessionNotFound as exc:
-            raise StepHeld("Cette session n'existe plus dans Paheko (supprimée ?) : rien à transmettre. "
+            raise MustAct("Cette session n'existe plus dans Paheko (supprimée ?) : rien à transmettre. "
                            "Vérifiez dans Paheko, puis abandonnez-la ou libérez-la.", str(exc))
         except SessionUnreadable as exc:
-            raise StepHeld("Paheko n'arrive pas à renvoyer cette session : un texte (nom de note, libellé, "
+            raise MustAct("Paheko n'arrive pas à renvoyer cette session : un texte (nom de note, libellé, "
                            "référence) contient probablement un caractère invalide. Corrigez-le dans Paheko, "
                            "puis libérez la session.", str(exc))
         except PahekoCancelled as exc:
             raise Interrupted(str(exc)) from exc
         except PahekoError as exc:
-            failure = StepFailed("Relecture dans Paheko impossible pour l'instant : " + _french_paheko(exc), str(exc))
-            failure.source_fault = exc.transient
-            raise failure from exc
+            raise RetryLater("Relecture dans Paheko impossible pour l'instant : " + _french_paheko(exc), str(exc),
+                             source_fault=exc.transient) from exc
         return self.ledger.transition(entry.id, State.SNAPSHOT, snapshot=dump_snapshot(snapshot), last_error=None)
 
     def _map(self, source: Source, entry: Entry) -> Entry:
@@ -316,10 +309,10 @@ class Worker:
         self.sink(source).deliver(entry, ForwardLog(self.ledger, entry))  # RetryLater / MustAct
         return self.ledger.transition(entry.id, State.FORWARDED, last_error=None, next_attempt_at=None)
 
-    def _hold(self, entry: Entry, held: StepHeld) -> Entry:
+    def _hold(self, entry: Entry, held: MustAct) -> Entry:
         return self.ledger.transition(entry.id, State.HELD, reason=held.reason, last_error=held.detail)
 
-    def _fail(self, entry: Entry, failure: StepFailed) -> Entry:
+    def _fail(self, entry: Entry, failure: RetryLater) -> Entry:
         if not failure.counts:  # waiting (no destination configured): looked at again, retries untouched
             return self.ledger.transition(
                 entry.id, State.FAILED, reason=failure.reason, last_error=failure.detail,
