@@ -35,7 +35,7 @@ from receiver.ledger import Ledger
 from receiver.ledger.store import utcnow
 from receiver.ledger.wakeup import Doorbell
 from receiver.reread.client import PahekoCancelled, PahekoClient, PahekoError
-from receiver.reread.poller import poll_source
+from receiver.reread.poller import logged_poll
 from receiver.sinks.registry import SinkPool
 from receiver.worker import ClaimKeeper, Worker
 
@@ -217,16 +217,12 @@ class Runner:
                     self.stopping.wait(cooldown)
                     continue
                 try:
-                    report = poll_source(source, client, self.ledger)
+                    logged_poll(source, client, self.ledger, log)
                 except PahekoCancelled:
                     break
                 except PahekoError as exc:
                     if exc.transient:
                         breaker.failed()
-                    log.warning("poll failed", extra={"event": "poll", "source": source.name, "error": str(exc)})
-                else:
-                    log.info("poll", extra={"event": "poll", "source": source.name, "found": report.found,
-                                            "scanned": report.scanned})
                 self.stopping.wait(self.config.worker.poll_interval)
         except Exception as exc:  # noqa: BLE001
             log.exception("poller crashed", extra={"event": "poll", "source": source.name, "error": str(exc)})

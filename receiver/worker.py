@@ -27,7 +27,7 @@ from receiver.sinks import Sink
 from receiver.sinks.exactly import ForwardLog
 from receiver.sinks.registry import SinkPool
 from receiver.reread.client import PahekoAuthError, PahekoCancelled, PahekoClient, PahekoError, PahekoSQLError
-from receiver.reread.poller import PollReport, poll_source
+from receiver.reread.poller import PollReport, logged_poll
 from receiver.services import Metrics
 from receiver.reread.snapshot import (
     SessionNotFound,
@@ -195,13 +195,9 @@ class Worker:
                 continue
             self._last_poll[source.name] = now
             try:
-                report = poll_source(source, self.client(source), self.ledger)
-            except PahekoError as exc:  # one unreachable source never stalls the others
-                log.warning("poll failed", extra={"event": "poll", "source": source.name, "error": str(exc)})
+                reports.append(logged_poll(source, self.client(source), self.ledger, log))
+            except PahekoError:  # one unreachable source never stalls the others
                 continue
-            log.info("poll", extra={"event": "poll", "source": source.name, "found": report.found,
-                                    "scanned": report.scanned})
-            reports.append(report)
         return reports
 
     # -- processing ----------------------------------------------------------------------

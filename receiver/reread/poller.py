@@ -15,13 +15,14 @@ A session deleted in Paheko while open is dropped from the watch list.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from receiver.config import Source
 from receiver.ledger import Ledger
 from receiver.ledger.store import utcnow
-from receiver.reread.client import PahekoClient, sql_int
+from receiver.reread.client import PahekoCancelled, PahekoClient, PahekoError, sql_int
 
 PAGE = 500
 
@@ -75,6 +76,19 @@ def count_to_scan(source: Source, client: PahekoClient, ledger: Ledger) -> int:
         wanted = f"({wanted} OR id IN ({', '.join(sql_int(i) for i in open_ids)}))"
     rows = client.sql(f"SELECT COUNT(*) AS n FROM plugin_pos_sessions WHERE {wanted}").rows
     return int(rows[0]["n"]) if rows else 0
+
+
+def logged_poll(source: Source, client: PahekoClient, ledger: Ledger, log: logging.Logger) -> PollReport:
+    """:func:`poll_source`, with its ``poll`` event on ``log`` (a warning when it fails, then re-raised)."""
+    try:
+        report = poll_source(source, client, ledger)
+    except PahekoCancelled:
+        raise
+    except PahekoError as exc:
+        log.warning("poll failed", extra={"event": "poll", "source": source.name, "error": str(exc)})
+        raise
+    log.info("poll", extra={"event": "poll", "source": source.name, "found": report.found, "scanned": report.scanned})
+    return report
 
 
 def poll_source(source: Source, client: PahekoClient, ledger: Ledger, *, origin: str = "poller",
