@@ -296,7 +296,7 @@ class _Delivering:
         headers = {}
         if self.profile.name == "v2":
             try:
-                headers["X-Step-Up-Pin"] = pin = self.pin()
+                headers["X-Step-Up-Pin"] = self.pin()
             except MustAct:
                 self.log.note(f"Session Recyclic vide en trop {session_id} (une ouverture précédente restée sans "
                               "réponse) laissée ouverte : sans code PIN utilisable, le récepteur ne peut pas la "
@@ -304,13 +304,11 @@ class _Delivering:
                               "cette caisse.")
                 return
         try:
-            answer = self.client.post(f"cash-sessions/{session_id}/close", {
-                "actual_amount": float(self.mapped.opening.initial_cents) / 100,
+            answer = self._post_close(session_id, {
+                "actual_cents": self.mapped.opening.initial_cents,
                 "variance_comment": "Session vide en trop (ouverture restée sans réponse), fermée par le récepteur "
-                                    "Paheko."}, headers=headers)
+                                    "Paheko."}, headers)
         except RecyclicRefused as exc:
-            if exc.code in PIN_CODES:
-                self.remember_pin_refusal(headers.get("X-Step-Up-Pin", ""), exc)
             self.log.note(f"Session Recyclic vide en trop {session_id} laissée ouverte : Recyclic refuse de la "
                           f"clôturer ({said(exc)}). Clôturez-la dans Recyclic : elle bloque toute ouverture en "
                           "direct sur cette caisse.")
@@ -536,9 +534,9 @@ class _Delivering:
 
     def reject_outbox(self, session_id: str) -> None:
         """Reject, right after the close, the accounting item v2 queues for its own push to Paheko: pushed,
-        it would book again what Paheko's caisse booked. Recorded once (forward kind ``outbox``)."""
-        if self.log.is_done("outbox", self.mapped.session_id):
-            return
+        it would book again what Paheko's caisse booked. Recorded once (forward kind ``outbox``): the items
+        read by the lookup are the ones rejected (one listing per close)."""
+        pending: list[dict[str, Any]] = []
 
         def settled() -> str | None:
             items = self.outbox_items(session_id)
@@ -546,7 +544,8 @@ class _Delivering:
                 return "-"
             if not items:
                 return "-" if self.log.is_done("close", self.mapped.session_id) else None
-            pending = [i for i in items if i.get("sync_state_core") != "rejete" and i.get("outbox_status") != "delivered"]
+            pending[:] = [i for i in items
+                          if i.get("sync_state_core") != "rejete" and i.get("outbox_status") != "delivered"]
             delivered = [i for i in items if i.get("outbox_status") == "delivered"]
             if delivered:
                 self.log.note(OUTBOX_DELIVERED.format(item=delivered[0].get("id"), session=session_id))
@@ -554,9 +553,7 @@ class _Delivering:
 
         def reject() -> str:
             ids = []
-            for item in self.outbox_items(session_id) or []:
-                if item.get("sync_state_core") == "rejete" or item.get("outbox_status") == "delivered":
-                    continue
+            for item in pending:
                 try:
                     self.client.post(f"admin/paheko-outbox/items/{item['id']}/reject", {"reason": OUTBOX_REASON.format(
                         source=self.mapped.source, session=self.mapped.session_id)})
@@ -580,17 +577,26 @@ class _Delivering:
         if pin is not None:
             headers["X-Step-Up-Pin"] = pin
         try:
-            answer = self.client.post(f"cash-sessions/{session_id}/close", CLOSE_BODY.dump(mapped.closing),
-                                      headers=headers)
+            answer = self._post_close(session_id, mapped.closing, headers)
         except RecyclicRefused as exc:
-            if exc.code in PIN_CODES:
-                self.remember_pin_refusal(pin or "", exc)
             raise MustAct(self.close_refusal(exc), str(exc)) from None
-        if pin is not None:
-            self.log.ledger.set_value(self.pin_key, "")
         if isinstance(answer, dict) and answer.get("deleted") is True:
             self.log.note("Session vide supprimée par Recyclic à la clôture.")
         return session_id
+
+    def _post_close(self, session_id: str, closing: Any, headers: dict[str, str]) -> Any:
+        """``POST cash-sessions/{id}/close`` with ``closing`` (actual cents, variance comment). A PIN it
+        refuses is remembered (so it is not tried again), one it accepts is no longer marked refused."""
+        pin = headers.get("X-Step-Up-Pin")
+        try:
+            answer = self.client.post(f"cash-sessions/{session_id}/close", CLOSE_BODY.dump(closing), headers=headers)
+        except RecyclicRefused as exc:
+            if exc.code in PIN_CODES:
+                self.remember_pin_refusal(pin or "", exc)
+            raise
+        if pin is not None:
+            self.log.ledger.set_value(self.pin_key, "")
+        return answer
 
     def close_refusal(self, exc: RecyclicRefused) -> str:
         if exc.code == "STEP_UP_LOCKED":
