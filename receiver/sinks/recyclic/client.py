@@ -288,18 +288,6 @@ class RecyclicClient:
         data = self.get(f"cash-sessions/status/{register_id}")
         return str(data["session_id"]) if isinstance(data, dict) and data.get("is_active") else None
 
-    def open_sessions_of_operator(self, operator_id: str) -> list[dict[str, Any]]:
-        """Open sessions of an operator. The list hides empty sessions unless ``include_empty=true`` and has
-        no register filter (observed on v2): callers filter by ``register_id`` themselves."""
-        out: list[dict[str, Any]] = []
-        while True:
-            page = self.get(f"cash-sessions/?status=open&include_empty=true&operator_id={operator_id}"
-                            f"&limit=100&skip={len(out)}")
-            data = page.get("data", []) if isinstance(page, dict) else []
-            out += [s for s in data if isinstance(s, dict)]
-            if len(data) < 100:
-                return out
-
     def close_mappings(self, site_id: str) -> list[dict[str, Any]]:
         """Recyclic's Paheko close mappings of a site (v2; admin route): a v2 close needs one enabled."""
         page = self.get(f"admin/paheko-mappings/cash-session-close?site_id={site_id}&limit=200")

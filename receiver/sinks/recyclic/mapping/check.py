@@ -14,6 +14,7 @@ Findings are ``problem`` (the mapping would hold sessions, mis-book, or lock a l
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -99,9 +100,17 @@ EMPTY_HINT = (" (An empty open session the receiver left after a lost answer loo
               "Recyclic deletes it.)")
 
 
-def _session(client: RecyclicClient, session_id: str) -> dict:
-    data = client.get(f"cash-sessions/{session_id}")
-    return data if isinstance(data, dict) else {}
+def _session_reader(client: RecyclicClient) -> Callable[[str], dict]:
+    """``GET cash-sessions/{id}`` (with its sales), once per session however often it is asked for."""
+    read: dict[str, dict] = {}
+
+    def session(session_id: str) -> dict:
+        if session_id not in read:
+            data = client.get(f"cash-sessions/{session_id}")
+            read[session_id] = data if isinstance(data, dict) else {}
+        return read[session_id]
+
+    return session
 
 
 def _replayed(session: dict) -> bool:
@@ -110,14 +119,14 @@ def _replayed(session: dict) -> bool:
     sales = [s for s in session.get("sales") or [] if isinstance(s, dict)]
     return bool(sales) and all(parse_sale_note(s.get("note")) for s in sales)
 
-
-
-def recyclic_findings(mapping: Mapping, client: RecyclicClient, *, known_sessions: frozenset[str] = frozenset()
-                      ) -> list[Finding]:
+def recyclic_findings(mapping: Mapping, client: RecyclicClient) -> list[Finding]:
     """Check the mapping's ids against Recyclic and what closing needs; refuse a register or operator in live
     use unless ``mapping.allow_live``: an open session (empty ones included: Recyclic's list hides them
     unless ``include_empty``, its register status shows them) that the receiver did not make — not every
-    sale carries a Paheko note, and not in ``known_sessions`` (Recyclic ids the ledger holds)."""
+    sale carries a Paheko note."""
+    from receiver.sinks.recyclic.sink import list_sessions
+
+    _session = _session_reader(client)
     out: list[Finding] = []
     categories = {c.id: c for c in client.categories()}
     for name, target in sorted(mapping.categories.items()):
@@ -156,8 +165,8 @@ def recyclic_findings(mapping: Mapping, client: RecyclicClient, *, known_session
                                           f"site {sites[place.site_id].name!r} in Recyclic."))
             continue
         session_id = client.open_session_of_register(register.id)
-        if session_id and session_id not in known_sessions:
-            session = _session(client, session_id)
+        if session_id:
+            session = _session(session_id)
             if not _replayed(session):
                 out.append(Finding("warning" if mapping.allow_live else "problem",
                                    f"location {label!r}: register {register.name!r} is in live use (session "
@@ -169,8 +178,7 @@ def recyclic_findings(mapping: Mapping, client: RecyclicClient, *, known_session
             out.append(Finding("warning", f"location {label!r}: register {register.name!r} is not flagged for "
                                           "deferred entry (enable_deferred) in Recyclic."))
     for operator in sorted(operators):
-        opened = [_session(client, str(r.get("id"))) for r in client.open_sessions_of_operator(operator)
-                  if str(r.get("id")) not in known_sessions]
+        opened = [_session(row["id"]) for row in list_sessions(client, status="open", operator_id=operator)]
         live = [r for r in opened if not _replayed(r)]
         if live:
             registers_named = ", ".join(sorted({registers[r["register_id"]].name if r.get("register_id") in registers
