@@ -38,9 +38,7 @@ def _figures(f: Figures) -> dict:
 
 
 def _row(row: Row, *, total: bool = False) -> dict:
-    unsent = Figures()
-    unsent.merge(row.held)
-    unsent.merge(row.pending)
+    unsent = row.unsent
     left = row.left_out_total
     return {
         "categorie": row.label,

@@ -165,10 +165,9 @@ def _day_table(report: Report) -> str:
     out = ["<table>", _head(["Jour", "articles", "kg Paheko", "kg Recyclic", "€ Paheko", "€ Recyclic", "€ écarté",
                               "€ pas encore transmis"], 1)]
     for row in report.days:
-        unsent = row.held.cents + row.pending.cents
         values = [f"{row.day:%d/%m/%Y}", str(row.paheko.items), kilos(row.paheko.grams), kilos(row.forwarded.grams),
                   euros(row.paheko.cents), euros(row.forwarded.cents), _money(row.left_out_total.cents),
-                  _money(unsent)]
+                  _money(row.unsent.cents)]
         out.append(f"<tr>{_cells(values, 1)}</tr>")
     out.append("</table>")
     return "".join(out)

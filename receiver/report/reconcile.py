@@ -100,6 +100,14 @@ class Row:
         return total
 
     @property
+    def unsent(self) -> Figures:
+        """Not (yet) in Recyclic and not left out on purpose: held for a person, or waiting to be sent."""
+        total = Figures()
+        total.merge(self.held)
+        total.merge(self.pending)
+        return total
+
+    @property
     def accounted(self) -> Figures:
         total = Figures()
         for figures in (self.forwarded, self.left_out_total, self.held, self.pending):
@@ -463,10 +471,8 @@ def verdict(report: Report) -> str:
     if report.complete:
         return f"{head} : tout est dans Recyclic" + (f", sauf {_join(left)}" if left else "") + "."
     problems = []
-    waiting = Figures()
-    waiting.merge(report.total.pending)
-    if waiting.cents or waiting.grams or waiting.items:
-        problems.append(f"{euros(waiting.cents)} pas encore transmis")
+    if report.total.pending:
+        problems.append(f"{euros(report.total.pending.cents)} pas encore transmis")
     if report.total.held:
         problems.append(f"{euros(report.total.held.cents)} bloqués (une action est nécessaire)")
     unread = [s for s in report.sessions if s.paheko != "fermée"]

@@ -40,13 +40,6 @@ def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> list[s
     return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
 
-def _unsent(row: Row) -> Figures:
-    out = Figures()
-    out.merge(row.held)
-    out.merge(row.pending)
-    return out
-
-
 def _amount(figures: Figures) -> str:
     return euros(figures.cents) if figures else "—"
 
@@ -92,7 +85,7 @@ def render_text(report: Report) -> str:
                   method_rows, set(range(2, 12)))
     out += ["", "Par jour"]
     day_rows = [[f"{row.day:%d/%m/%Y}", str(row.paheko.items), _weight(row.paheko), _weight(row.forwarded),
-                 _amount(row.paheko), _amount(row.forwarded), _amount(row.left_out_total), _amount(_unsent(row))]
+                 _amount(row.paheko), _amount(row.forwarded), _amount(row.left_out_total), _amount(row.unsent)]
                 for row in report.days]
     out += _table(["Jour", "articles", "kg Paheko", "kg Recyclic", "€ Paheko", "€ Recyclic", "€ écarté",
                    "€ pas encore transmis"], day_rows, set(range(1, 8)))
