@@ -12,7 +12,6 @@ import re
 import secrets
 import string
 import sys
-import tomllib
 from importlib import resources
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import click
 from receiver import __version__
 from receiver.commands.context import config_path, remember_config
 from receiver.commands.examples import add_examples
-from receiver.config import CONFIG_ENV, ConfigError, load_config
+from receiver.config import CONFIG_ENV, ConfigError, parse_config, read_document
 
 
 class ReceiverGroup(click.Group):
@@ -117,14 +116,6 @@ def placeholder_problems(document: object, prefix: str = "") -> list[str]:
     return problems
 
 
-def _document(path: str | None) -> dict:
-    chosen = path or os.environ.get(CONFIG_ENV)
-    try:
-        return tomllib.loads(Path(chosen).expanduser().read_text(encoding="utf-8")) if chosen else {}
-    except (OSError, tomllib.TOMLDecodeError):
-        return {}  # load_config reports it
-
-
 @main.command("check-config")
 @click.option("--online", is_flag=True, help="Also reach each source's Paheko (SELECT 1 through /api/sql) and its sink.")
 def check_config(online: bool) -> None:
@@ -133,10 +124,11 @@ def check_config(online: bool) -> None:
     Problems include values left from `init`'s example (example.org addresses, "change-me").
     With --online, each Paheko and each sink is contacted too; nothing is written anywhere.
     """
-    path = config_path()
-    placeholders = placeholder_problems(_document(path))
+    placeholders: list[str] = []
     try:
-        config = load_config(path)
+        file, document = read_document(config_path())
+        placeholders = placeholder_problems(document)
+        config = parse_config(document, file.resolve())
     except ConfigError as exc:
         problems = sorted({*exc.problems, *placeholders})
         click.echo(f"Configuration {exc.path or ''} has {len(problems)} problem(s):", err=True)

@@ -298,16 +298,21 @@ def parse_config(document: dict, path: Path | None = None) -> Config:
     )
 
 
-def load_config(path: str | os.PathLike | None = None) -> Config:
-    """Read and validate the configuration from ``path`` or ``$PAHEKO_RECYCLIC_CONFIG``."""
+def read_document(path: str | os.PathLike | None = None) -> tuple[Path, dict]:
+    """The configuration file named by ``path`` or ``$PAHEKO_RECYCLIC_CONFIG``, and its TOML, unvalidated."""
     chosen = path or os.environ.get(CONFIG_ENV)
     if not chosen:
         raise ConfigError(None, [f"no configuration file: pass --config FILE or set {CONFIG_ENV}"])
     file = Path(chosen).expanduser()
     try:
-        document = tomllib.loads(file.read_text(encoding="utf-8"))
+        return file, tomllib.loads(file.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(file, [f"cannot read the file: {exc.strerror or exc}"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(file, [f"not valid TOML: {exc}"]) from None
+
+
+def load_config(path: str | os.PathLike | None = None) -> Config:
+    """Read and validate the configuration from ``path`` or ``$PAHEKO_RECYCLIC_CONFIG``."""
+    file, document = read_document(path)
     return parse_config(document, file.resolve())
