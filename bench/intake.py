@@ -47,6 +47,7 @@ from receiver.dev.stalls import StalledClients
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 USER, PASSWORD = "intakebench", "BenchPassword123"
+BASIC = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 BENCH_SOURCE = """
 [sources.bench.webhook]
 user = "{user}"
@@ -63,12 +64,9 @@ first_session = 10000000
 def write_config(workdir: Path, lab_source: str = "", paheko: str = "http://127.0.0.1:9", key=("x", "x")) -> Path:
     """The bench source (its notifications name sessions Paheko does not have) and, optionally, a real one."""
     config = workdir / "config.toml"
-    ledger = f'ledger = "sqlite:///{workdir / "ledger.sqlite"}"'
     bench = BENCH_SOURCE.format(user=USER, password=PASSWORD, url=paheko, key=key)
-    if lab_source:
-        config.write_text(lab_source.replace('ledger = "sqlite:///ledger.sqlite"', ledger) + bench)
-    else:
-        config.write_text(f"[receiver]\n{ledger}\n" + bench)
+    head = lab_source or f'[receiver]\nledger = "sqlite:///{workdir / "ledger.sqlite"}"\n'
+    config.write_text(head + bench)
     return config
 
 
@@ -146,33 +144,24 @@ class BackgroundWorker:
         self.stand_ins = ctx.Process(target=serve_stand_ins, args=(str(db), urls), daemon=True)
         self.stand_ins.start()
         paheko_url, recyclic_url = urls.get(timeout=60)
-        text = demo_config(paheko_url, KEY, recyclic_url, WEBHOOK).replace("close_session = true", "close_session = false")
+        self.ledger_url = f"sqlite:///{workdir / 'ledger.sqlite'}"
+        text = demo_config(paheko_url, KEY, recyclic_url, WEBHOOK, ledger=self.ledger_url, close_session=False)
         # The worker also re-reads the bench's notifications: unknown sessions, held at the first read.
         self.config = write_config(workdir, text, paheko=paheko_url, key=KEY)
         self.threads = threads
         self.process: subprocess.Popen | None = None
+        self.ledger = None
 
     def queue_backlog(self) -> None:
         from receiver.ledger import Ledger
 
-        ledger = Ledger(self.url)
-        ledger.migrate()
+        self.ledger = Ledger(self.ledger_url)
+        self.ledger.migrate()
         for session in self.sessions:
-            ledger.record_notification("lab", session, {}, origin="backfill")
-        ledger.close()
-
-    @property
-    def url(self) -> str:
-        import tomllib
-
-        return tomllib.loads(self.config.read_text())["receiver"]["ledger"]
+            self.ledger.record_notification("lab", session, {}, origin="backfill")
 
     def forwarded(self) -> int:
-        import sqlite3
-
-        path = self.url.split("///", 1)[1]
-        with sqlite3.connect(path, timeout=30) as con:
-            return con.execute("SELECT COUNT(*) FROM entries WHERE source = 'lab' AND state = 'forwarded'").fetchone()[0]
+        return self.ledger.counts().get(("lab", "forwarded"), 0)
 
     def start(self) -> None:
         env = {**os.environ, "PAHEKO_RECYCLIC_LOG_LEVEL": "warning"}
@@ -185,6 +174,8 @@ class BackgroundWorker:
         if self.process is not None:
             os.killpg(self.process.pid, signal.SIGTERM)
             self.process.wait(timeout=30)
+        if self.ledger is not None:
+            self.ledger.close()
         self.stand_ins.kill()
 def stalled_connections(url: str, count: int, requests: int, make_request) -> list[tuple]:
     """Per variant: sockets held (still open, unanswered) and notifications answered meanwhile.
@@ -193,9 +184,8 @@ def stalled_connections(url: str, count: int, requests: int, make_request) -> li
     every socket gets one more byte every 0.2 s (never idle, never complete).
     """
     host, port = url.removeprefix("http://").split(":")
-    auth = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     variants = {"head never ends": (stalls.head(), False),
-                "body 1 byte at a time": (stalls.trickling_body("/api/paheko/caisse/v1/session-closed", auth), True)}
+                "body 1 byte at a time": (stalls.trickling_body("/api/paheko/caisse/v1/session-closed", BASIC), True)}
     rows = []
     for name, (first_bytes, trickle) in variants.items():
         with StalledClients(host, int(port), first_bytes, count, trickle=trickle) as stalled:
@@ -241,7 +231,7 @@ def main() -> None:
     parser.add_argument("--stalled", type=int, default=200, help="stalled sockets per variant (0: skip)")
     parser.add_argument("--stalled-requests", type=int, default=500, help="notifications sent while they stall")
     args = parser.parse_args()
-    auth = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode(),
+    auth = {"Authorization": BASIC,
             "Content-Type": "application/json"}
     offset = [10_000_000]  # session ids Paheko does not have: the worker holds them after one read
 

@@ -155,8 +155,7 @@ def main() -> None:
         stand_ins.start()
         paheko_url, recyclic_url = urls.get(timeout=60)
         config_path = work / "config.toml"
-        config_path.write_text(demo_config(paheko_url, KEY, recyclic_url, WEBHOOK).replace(
-            'refunds = "skip"', 'refunds = "skip"\n').replace("close_session = true", "close_session = false"))
+        config_path.write_text(demo_config(paheko_url, KEY, recyclic_url, WEBHOOK, close_session=False))
         config = load_config(config_path)
         app = create_app(config)
         import logging

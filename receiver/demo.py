@@ -42,14 +42,16 @@ def _token(n: int) -> str:
     return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(n))
 
 
-def demo_config(paheko_url: str, paheko_key: tuple[str, str], recyclic_url: str, webhook: tuple[str, str]) -> str:
-    """The configuration file the demo runs on (kept in the work folder, to read and to reuse)."""
+def demo_config(paheko_url: str, paheko_key: tuple[str, str], recyclic_url: str, webhook: tuple[str, str], *,
+                ledger: str = "sqlite:///ledger.sqlite", close_session: bool = True) -> str:
+    """The configuration file the demo runs on (kept in the work folder, to read and to reuse); benches and
+    tests change its ledger, or keep sessions open in Recyclic."""
     category_ids = {c.name: c.id for c in CATEGORIES}
     categories = "\n".join(f'"{name}" = "{category_ids[ours]}"' for name, ours in PAHEKO_CATEGORIES.items())
     methods = "\n".join(f'"{name}" = "{code}"' for name, code in PAHEKO_METHODS.items())
     return f"""# Written by `paheko-recyclic demo`: a local Paheko and a local Recyclic on loopback.
 [receiver]
-ledger = "sqlite:///ledger.sqlite"
+ledger = "{ledger}"
 
 [worker]
 poll_interval = 1
@@ -67,7 +69,7 @@ api_user = "{paheko_key[0]}"
 api_password = "{paheko_key[1]}"
 
 [sources.lab.mapping]
-close_session = true
+close_session = {"true" if close_session else "false"}
 default_operator = "{DEFAULT_USERS[1].id}"
 
 [sources.lab.mapping.locations."Boutique principale"]

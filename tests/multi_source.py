@@ -8,7 +8,6 @@ meeting in one Recyclic register.
 
 from __future__ import annotations
 
-import re
 
 from receiver.demo import demo_config
 
@@ -19,10 +18,9 @@ PAHEKO_KEY = ("multikey", "MultiSecret42")
 def multi_source_config(ledger_url: str, paheko_urls: dict[str, str], *, deadline: float = 60.0,
                         read_timeout: float = 30.0, lease: float = 15.0, poll_interval: float = 60.0) -> str:
     """A configuration with one source per ``{name: paheko url}``, webhook user ``module<name>``."""
-    base = demo_config("PAHEKO_URL", PAHEKO_KEY, "http://recyclic.invalid", ("USER", WEBHOOK_PASSWORD))
+    base = demo_config("PAHEKO_URL", PAHEKO_KEY, "http://recyclic.invalid", ("USER", WEBHOOK_PASSWORD), ledger=ledger_url)
     head, _, source = base.partition("[sources.lab]")
     source = "[sources.lab]" + source.split("[sources.lab.sink]")[0] + '[sources.lab.sink]\ntype = "file"\n\n'
-    head = re.sub(r'ledger = ".*"', f'ledger = "{ledger_url}"', head)
     head = head.replace("poll_interval = 1", f"poll_interval = {poll_interval}\nlease = {lease}")
     parts = [head]
     for name, url in paheko_urls.items():
