@@ -78,6 +78,10 @@ def test_good_template_passes():
     # Observed while bringing the module up on the real Paheko: the filter became 0, nothing was sent.
     ('{{:assign filter="s.id >= %d"|args:$module.config.first_session|intval}}', "E321"),
     ('{{if $a && ($b || $c)}}x{{/if}}', "E104"),
+    # Caught while reviewing status.html: ids. would have received {value, oldest} instead of the id
+    # (Brindille 1.3.22 stores every parameter as an array unless value= or from= stands alone).
+    ('{{:assign var="ids." value=$row.id oldest=$row.id}}', "E322"),
+    ('{{:assign var="rec" from="records.%d"|args:$id tag=null}}', "E322"),
     # Observed: the status call on every view of the module page, 10 s each while the receiver hung.
     ('{{:api method="GET" url=$u user=$n password=$p path="x" body=$b fail=false assign_code="c"}}', "E330"),
     ('{{if $ok}}{{:api method="GET" url=$u user=$n password=$p path="x" body=$b fail=false assign_code="c"}}{{/if}}',
@@ -112,9 +116,12 @@ def test_each_rule_fails(text, code):
     '{{:assign filter="s.id >= %d"|args:$module.config.first_session}}',
     '{{:assign n="%d"|args:$x|intval}}',
     '{{if $a && $b == "(x)"}}x{{/if}}',
+    '{{:assign var="ids." value=$row.id}}',
+    '{{:assign var="records.%d"|args:$rec.session_id value=$rec}}',
+    '{{:assign var="payload" event="session.closed" session_id=$id}}',  # an array on purpose
 ])
 def test_each_rule_passes_its_good_form(text):
-    assert [c for c in codes(text) if c in {"E104", "E320", "E321", "E330", "E502"}] == []
+    assert [c for c in codes(text) if c in {"E104", "E320", "E321", "E322", "E330", "E502"}] == []
 
 
 def _with_files(module: Path, files: dict[str, str]) -> Path:

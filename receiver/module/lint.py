@@ -358,6 +358,20 @@ def _check_modifier_order(source: _Source, tag: Tag) -> None:
             )
 
 
+def _check_assign_var(source: _Source, tag: Tag) -> None:
+    """``{{:assign var=…}}`` stores ``value=`` (or what ``from=`` names) only when it is the one other
+    parameter; with more, Brindille stores them all, as an array, under ``var``."""
+    if tag.kind != "function" or tag.name != "assign":
+        return
+    params = set(parse_params(tag.body)) - {"var", "append"}
+    if "var" in parse_params(tag.body) and params & {"value", "from"} and len(params) > 1:
+        source.report(
+            tag.offset, "E322",
+            f"{{{{:assign var=…}}}} with {', '.join(sorted(params))}: Brindille then stores every parameter as an "
+            "array under var, not the value; assign the other variables in a separate {{:assign}}",
+        )
+
+
 def _check_condition(source: _Source, tag: Tag) -> None:
     if tag.kind in ("if", "elseif") and "(" in STRING_RE.sub('""', tag.body):
         source.report(tag.offset, "E104", f"{{{{{tag.kind}}}}} with parentheses: Brindille refuses to compile it; "
@@ -402,6 +416,7 @@ def check_template(path: Path, text: str, words: Vocabulary = Vocabulary()) -> l
         _check_printed_secrets(source, tag)
         _check_sql_where(source, tag)
         _check_modifier_order(source, tag)
+        _check_assign_var(source, tag)
         _check_condition(source, tag)
         if tag.kind == "function" and tag.name == "api":
             _check_api(source, tag)
