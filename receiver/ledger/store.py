@@ -440,7 +440,8 @@ class Ledger:
                 dict(entry_id=fields["id"], received_at=now, origin=origin, outcome=outcome, event_id=event_id,
                      remote_addr=remote_addr, summary=_dump(summary), raw_body=raw_body),
             )
-            wake = fields["state"] in _ACTIVE_VALUES
+            # A duplicate changes nothing a worker could act on: no poke for it (nor its NOTIFY, socket sends).
+            wake = outcome != "duplicate" and fields["state"] in _ACTIVE_VALUES
             if wake:
                 self.wakeup.in_transaction(conn, source)
         if wake:
